@@ -1,0 +1,118 @@
+"""The one typed settings object every Eightbox process reads.
+
+Values come from the environment (prefix ``EIGHTBOX_``) or a ``.env`` file. The embedded stack
+and a Compose or cluster deployment differ only in these values. Building a ``Settings`` neither
+connects to anything nor creates a directory: paths are derived, and created by whoever writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_DEV_PII_KEY = "eightbox-development-only-key"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EIGHTBOX_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "test", "production"] = "development"
+    """Deployment environment; `production` refuses development-only defaults such as the PII key."""
+
+    home: Path = REPO_ROOT / ".eightbox"
+    """Root of everything the embedded stack writes: jars, service data, run state, the lake."""
+
+    jars_dir: Path = REPO_ROOT / ".eightbox" / "jars"
+    """JVM jars fetched by `make setup` (Kafka, its tools, the Flink Kafka connector)."""
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = None
+    """Brokers clients connect to; unset means the embedded broker on 127.0.0.1:`kafka_port`."""
+
+    kafka_port: int = 19092
+    """Client port of the embedded Kafka broker."""
+
+    kafka_controller_port: int = 19093
+    """KRaft controller port of the embedded Kafka broker."""
+
+    kafka_heap: str = "512m"
+    """JVM heap (-Xmx and -Xms) of the embedded Kafka broker."""
+
+    # --- Redis -------------------------------------------------------------------------------
+    redis_url: str | None = None
+    """Redis URL for the online store; unset means the embedded server on `redis_port`."""
+
+    redis_port: int = 16379
+    """Port of the embedded Redis server."""
+
+    redis_maxmemory: str = "1gb"
+    """Memory cap of the embedded Redis server."""
+
+    # --- MLflow ------------------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking and registry server; unset means the embedded server on `mlflow_port`."""
+
+    mlflow_port: int = 15000
+    """Port of the embedded MLflow server."""
+
+    # --- Ingest ------------------------------------------------------------------------------
+    pii_key: SecretStr = SecretStr(_DEV_PII_KEY)
+    """Key of the keyed hash (HMAC-SHA256) that pseudonymizes personal data at ingestion."""
+
+    max_event_bytes: int = 64 * 1024
+    """Largest accepted event payload; larger ones go to the dead-letter topic."""
+
+    archiver_group: str = "lake-archiver"
+    """Consumer group shared by the lake archiver processes."""
+
+    archiver_flush_records: int = 5000
+    """The archiver writes a partition's buffer once it holds this many events..."""
+
+    archiver_flush_seconds: float = 2.0
+    """...or once its oldest event has waited this long."""
+
+    # --- Startup -----------------------------------------------------------------------------
+    start_timeout_s: float = 90.0
+    """How long `eightbox up` waits for a service to become healthy."""
+
+    @model_validator(mode="after")
+    def _no_dev_secrets_in_production(self) -> "Settings":
+        if self.env == "production" and self.pii_key.get_secret_value() == _DEV_PII_KEY:
+            raise ValueError("EIGHTBOX_PII_KEY must be set to a real secret when EIGHTBOX_ENV=production")
+        return self
+
+    # Derived locations and addresses: computed, never created here.
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def kafka_servers(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_address(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://127.0.0.1:{self.mlflow_port}"
+
+
+def get_settings(**overrides) -> Settings:
+    """Settings from the environment, with explicit overrides (tests, CLI flags) on top."""
+    return Settings(**overrides)
