@@ -181,7 +181,9 @@ def mlflow(settings: Settings) -> ServiceSpec:
                 "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                 "--artifacts-destination", (root / "artifacts").as_uri()]
 
-    return ServiceSpec("mlflow", settings.mlflow_port, command, healthy, prepare)
+    # The job runner spawns a pool of worker processes (~1.5 GiB) for GenAI jobs we do not use.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return ServiceSpec("mlflow", settings.mlflow_port, command, healthy, prepare, env=env)
 
 
 def embedded_services(settings: Settings) -> dict[str, ServiceSpec]:

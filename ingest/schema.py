@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -38,10 +39,15 @@ class Client(BaseModel):
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=8, max_length=64)
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
     event_time: AwareDatetime
     schema_version: int = SCHEMA_VERSION
     client: Client | None = None
+
+    @field_validator("event_time")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(timezone.utc)  # one zone on the wire and in the lake
 
     @property
     def key(self) -> str:

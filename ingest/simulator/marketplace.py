@@ -30,6 +30,7 @@ from ..schema import ImpressionServed, ItemClicked, ItemEngaged, ItemPublished, 
 from .click_model import ClickModel
 from .config import SimConfig
 from .ids import IdFactory, item_id, user_id
+from .policies import Policy, popularity_policy
 from .profiles import Profiles
 from .traffic import Traffic, Visit
 from .world import World
@@ -57,7 +58,7 @@ class Marketplace:
         self._candidates = tuple(self._item_index)
         self._pending: list[tuple[datetime, int, SimEvent]] = []  # delayed events of simulate()
         self._tiebreak = itertools.count()
-        self._default_policy = None
+        self._default_policy: Policy | None = None
         start = cfg.start
         self._bootstrap = tuple(
             [self._profiles.user_signed_up(u, start) for u in range(self.world.n_users)]
@@ -176,7 +177,7 @@ class Marketplace:
         if 3 * n >= 4096:
             raise ValueError("slate too long")
         per_position = features is not None and not isinstance(features, Mapping)
-        if per_position and len(features) != n or scores is not None and len(scores) != n:  # type: ignore[arg-type]
+        if (per_position and len(features) != n) or (scores is not None and len(scores) != n):  # type: ignore[arg-type]
             raise ValueError("features / scores must have one entry per slate position")
         u = self._user(visit.user_id)
         items = self.item_indices(slate)
@@ -219,13 +220,11 @@ class Marketplace:
                 ))
         return events
 
-    def simulate(self, hours: float, policy=None) -> Iterator[SimEvent]:
+    def simulate(self, hours: float, policy: Policy | None = None) -> Iterator[SimEvent]:
         """The next `hours` of events in non-decreasing event_time, served by `policy`
         (user_id, at, candidate_item_ids, k) -> slate; default: popularity-proportional sampling."""
         if policy is None:
-            if self._default_policy is None:
-                from .policies import popularity_policy
-
+            if self._default_policy is None:  # built once, so its RNG stream carries across spans
                 self._default_policy = popularity_policy(self)
             policy = self._default_policy
         end = self._dt(self._now_s + hours * 3600.0)
@@ -245,5 +244,4 @@ class Marketplace:
 
     def flush_pending(self) -> list[SimEvent]:
         """Hand over, in time order, the events simulate() holds past its horizon (late labels)."""
-        out = [heapq.heappop(self._pending)[2] for _ in range(len(self._pending))]
-        return out
+        return [heapq.heappop(self._pending)[2] for _ in range(len(self._pending))]

@@ -26,8 +26,8 @@ Kind = Literal["user", "item", "visit"]
 
 @dataclass(frozen=True)
 class Visit:
-    """One request for a slate: `user_id` opens `surface` at `at`. `seq` numbers visits from 0
-    in time order and seeds the visit's own outcomes, so respond() is order-independent."""
+    """One request for a slate: `user_id` opens the app at `at`. `seq` numbers visits from 0 in
+    time order and seeds the visit's own outcomes, so respond() is order-independent."""
 
     user_id: str
     at: datetime

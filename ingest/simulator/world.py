@@ -121,7 +121,8 @@ class World:
         first = self.n_items
         creator = rng.choice(cfg.n_creators, size=n, p=self.creator_weights)
         own = rng.random(n) < 0.8  # mostly the creator's home category, sometimes another
-        category = np.where(own, self.creator_home[creator], rng.choice(cfg.n_categories, size=n, p=self.category_weights))
+        elsewhere = rng.choice(cfg.n_categories, size=n, p=self.category_weights)
+        category = np.where(own, self.creator_home[creator], elsewhere)
         vec = _unit(self.centroids[category] + self._noise(n, cfg.item_spread))
         content = _unit(vec + self._noise(n, cfg.content_noise))
         if ranks is None:

@@ -1,0 +1,147 @@
+"""The `eightbox` command: thin wrappers that build Settings once and call into the boxes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from eightbox.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Eightbox: an end-to-end recommender platform on one machine.")
+data_app = typer.Typer(no_args_is_help=True, help="Public data sets.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each prints one JSON line last.")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+def _supervisor():
+    from eightbox.deploy.supervisor import Supervisor
+
+    return Supervisor(_settings())
+
+
+@app.command()
+def up(services: list[str] = typer.Argument(None, help="Services to start (default: all).")) -> None:
+    """Start the embedded stack and wait until every service is healthy."""
+    from eightbox.deploy.services import StackError
+    from eightbox.ingest.topics import ensure_topics
+
+    sup = _supervisor()
+    try:
+        sup.up(services or None)
+        if "kafka" in (services or sup.services):
+            created = ensure_topics(sup.settings)
+            if created:
+                typer.echo(f"topics created: {', '.join(created)}")
+    except StackError as e:
+        _fail(str(e))
+
+
+@app.command()
+def down(services: list[str] = typer.Argument(None, help="Services to stop (default: all).")) -> None:
+    """Stop the services this stack started (and nothing else)."""
+    _supervisor().down(services or None)
+
+
+@app.command()
+def status() -> None:
+    """Health, pid, port and resident memory of each embedded service."""
+    rows = _supervisor().status()
+    typer.echo(f"{'service':<8} {'state':<18} {'pid':>7} {'port':>6} {'rss MiB':>8}")
+    for r in rows:
+        typer.echo(f"{r.name:<8} {r.state:<18} {r.pid or '-':>7} {r.port:>6} {r.rss_mb:>8.0f}")
+    typer.echo(f"{'total':<8} {'':<18} {'':>7} {'':>6} {sum(r.rss_mb for r in rows):>8.0f}")
+
+
+@app.command()
+def archive(idle_exit: Optional[float] = typer.Option(None, help="Exit after this many idle seconds.")) -> None:
+    """Run one lake archiver (a consumer-group member) until SIGTERM/SIGINT."""
+    from eightbox.ingest.archiver import LakeArchiver
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    archiver = LakeArchiver(_settings())
+    n = archiver.run(stop, idle_exit_s=idle_exit)
+    typer.echo(f"archived {n} events")
+
+
+@app.command()
+def simulate(hours: float = typer.Option(24.0, help="Simulated hours of traffic."),
+             seed: int = typer.Option(7), quick: bool = typer.Option(False, help="A small world.")) -> None:
+    """Publish simulated marketplace traffic to Kafka through the ingestion gateway."""
+    from eightbox.ingest.publish import publish_simulation
+
+    publish_simulation(_settings(), hours=hours, seed=seed, quick=quick)
+
+
+@app.command("dead-letters")
+def dead_letters(limit: int = typer.Option(20)) -> None:
+    """Show the newest dead-lettered inputs and why they were refused."""
+    from eightbox.ingest.inspect import tail_dead_letters
+
+    for rec in tail_dead_letters(_settings(), limit):
+        typer.echo(f"{rec['source']:<9} {rec['reason'][:100]}  ({rec['original_size']} bytes)")
+
+
+@data_app.command("movielens-100k")
+def movielens(dest: Path = typer.Option(None, help="Folder to download into (default: <home>/datasets)."),
+              publish: bool = typer.Option(False, help="Also publish its events to Kafka.")) -> None:
+    """Download MovieLens-100K from GroupLens (or use the shared copy) and optionally publish it."""
+    from eightbox.ingest import movielens as ml
+
+    settings = _settings()
+    path = ml.shared_movielens_path() if dest is None else None
+    path = path or ml.download_movielens_100k(dest or settings.home / "datasets")
+    data = ml.load_movielens_100k(path)
+    typer.echo(f"MovieLens-100K at {path}: {len(data.ratings)} ratings, {len(data.users)} users, "
+               f"{len(data.items)} items")
+    if publish:
+        from eightbox.ingest.publish import publish_events
+
+        publish_events(settings, ml.movielens_events(data), label="movielens")
+
+
+@bench_app.command("ingest")
+def bench_ingest(quick: bool = typer.Option(False, help="Under two minutes.")) -> None:
+    """Produce → archived Parquet throughput, beside Kafka's own ProducerPerformance."""
+    from eightbox.bench.ingest import run
+
+    run(_settings(), quick=quick)
+
+
+@app.command()
+def demo(quick: bool = typer.Option(False, help="A smaller world and a shorter day.")) -> None:
+    """Run the closed loop on the embedded stack, one box at a time."""
+    from eightbox.demo import run_demo
+    from eightbox.deploy.services import StackError
+
+    try:
+        run_demo(_settings(), quick=quick)
+    except StackError as e:
+        _fail(str(e))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
