@@ -123,6 +123,7 @@ def _kafka_properties(settings: Settings, log_dir: Path) -> str:
         "log.dirs": str(log_dir),
         # One node: internal topics cannot have more than one replica.
         "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "6",  # not 50: the first consumer group waits for them all
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
         "share.coordinator.state.topic.replication.factor": "1",

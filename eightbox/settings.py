@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     """Deployment environment; `production` refuses development-only defaults such as the PII key."""
 
     home: Path = REPO_ROOT / ".eightbox"
-    """Root of everything the embedded stack writes: jars, service data, run state, the lake."""
+    """Root of everything the embedded stack writes: service data, run state, the lake."""
 
     jars_dir: Path = REPO_ROOT / ".eightbox" / "jars"
     """JVM jars fetched by `make setup` (Kafka, its tools, the Flink Kafka connector)."""

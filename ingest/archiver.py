@@ -48,6 +48,8 @@ def next_offset_from_lake(settings: Settings, tp: TopicPartition) -> int | None:
                         tp.partition, first, last)
             for part in parts:
                 part.path.unlink(missing_ok=True)
+    for stale in settings.lake_dir.glob(f"raw/{EVENT_TYPE_OF_TOPIC[tp.topic]}/dt=*/hr=*/.{tp.topic}+{tp.partition}+*.tmp"):
+        stale.unlink(missing_ok=True)  # a write cut short before its rename
     return max(complete) + 1 if complete else None
 
 
@@ -76,6 +78,7 @@ class LakeArchiver:
             bootstrap_servers=settings.kafka_servers, group_id=settings.archiver_group,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=5000,
             fetch_max_bytes=32 * 2**20, max_partition_fetch_bytes=4 * 2**20, client_id="eightbox-archiver",
+            session_timeout_ms=6000, heartbeat_interval_ms=1500,  # a crashed member is replaced fast
         )
         self.consumer.subscribe(topics=[t.name for t in TOPICS.values()], listener=_Rebalance(self))
         self.dead_letters = dead_letters or EventProducer(settings, source="archiver")
@@ -96,7 +99,9 @@ class LakeArchiver:
                         self._since.setdefault(tp, time.monotonic())
                         idle_since = time.monotonic()
                 self.flush(self._due())
-                if idle_exit_s is not None and not self.buffers and time.monotonic() - idle_since > idle_exit_s:
+                if not self.consumer.assignment():  # idle time counts only once we own partitions
+                    idle_since = time.monotonic()
+                elif idle_exit_s is not None and not self.buffers and time.monotonic() - idle_since > idle_exit_s:
                     break
             self.flush(list(self.buffers))
         finally:

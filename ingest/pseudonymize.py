@@ -14,12 +14,12 @@ from .schema import _Event
 
 TOKEN_PREFIX = "pii_"
 EMAIL = re.compile(rb"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-IPV4 = re.compile(rb"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
+IPV4 = re.compile(rb"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\d|\.\d)")
 _H = rb"[0-9A-Fa-f]{1,4}"
 # Full eight-group form, or any form with "::"; plain "10:00:00" (a clock time) is not an address.
 _G = _H + rb"(?::" + _H + rb"){0,6}"
 IPV6 = re.compile(
-    rb"(?<![0-9A-Fa-f:])(?:(?:" + _H + rb":){7}" + _H + rb"|" + _G + rb"::(?:" + _G + rb")?|::" + _G + rb")(?![0-9A-Fa-f:])"
+    rb"(?<![0-9A-Za-z:])(?:(?:" + _H + rb":){7}" + _H + rb"|" + _G + rb"::(?:" + _G + rb")?|::" + _G + rb")(?![0-9A-Za-z]|:[0-9A-Fa-f])"
 )
 _FREE_TEXT = {"item_published": ("title", "description"), "user_signed_up": ("country",)}
 

@@ -166,9 +166,10 @@ def parse_event(raw: bytes | str | dict, max_bytes: int | None = None) -> _Event
     if not isinstance(raw, dict):
         raise InvalidEvent(f"not a JSON object: got {type(raw).__name__}")
     kind = raw.get("event_type")
-    if kind not in EVENT_TYPES:
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise InvalidEvent(f"event_type: unknown or missing ({kind!r}); expected one of {sorted(EVENT_TYPES)}")
-    if raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+    version = raw.get("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise InvalidEvent(f"schema_version: {raw.get('schema_version')!r} is not supported (want {SCHEMA_VERSION})")
     try:
         return _ADAPTER.validate_python(raw)
