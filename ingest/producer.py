@@ -82,10 +82,11 @@ class EventProducer:
         return future
 
     def dead_letter(self, raw: bytes | str | dict, reason: str):
-        """Set bad input aside with why; personal data in it is scrubbed like everywhere else."""
+        """Set bad input aside with why. Personal data in it is tokenized like everywhere else, so a
+        JSON payload is kept re-serialized rather than byte for byte."""
         original = raw if isinstance(raw, bytes) else (
             raw.encode() if isinstance(raw, str) else json.dumps(raw, default=str).encode())
-        original = self._pseudo.scrub(original[:DEAD_LETTER_KEEP_BYTES])
+        original = self._pseudo.scrub_payload(original[:DEAD_LETTER_KEEP_BYTES])
         record = {
             "reason": self._pseudo.scrub_text(reason),
             "original_b64": base64.b64encode(original).decode(),

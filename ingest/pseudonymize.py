@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 
 from .schema import _Event
@@ -21,6 +22,7 @@ _G = _H + rb"(?::" + _H + rb"){0,6}"
 IPV6 = re.compile(
     rb"(?<![0-9A-Za-z:])(?:(?:" + _H + rb":){7}" + _H + rb"|" + _G + rb"::(?:" + _G + rb")?|::" + _G + rb")(?![0-9A-Za-z]|:[0-9A-Fa-f])"
 )
+PERSONAL_FIELDS = frozenset({"ip", "device_id", "email"})
 _FREE_TEXT = {"item_published": ("title", "description"), "user_signed_up": ("country",)}
 
 
@@ -41,6 +43,25 @@ class Pseudonymizer:
         for pattern in (EMAIL, IPV4, IPV6):
             data = pattern.sub(sub, data)
         return data
+
+    def scrub_payload(self, data: bytes) -> bytes:
+        """Bytes that failed validation, made safe to keep: a JSON payload has its personal
+        fields (by name, at any depth) tokenized and its strings scrubbed; other bytes are scrubbed."""
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return self.scrub(data)
+        return json.dumps(self._walk(doc, 0)).encode()
+
+    def _walk(self, node, depth: int):
+        if depth > 32:
+            return "<too deep>"
+        if isinstance(node, dict):
+            return {k: self.token(v) if k in PERSONAL_FIELDS and isinstance(v, str) else self._walk(v, depth + 1)
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [self._walk(v, depth + 1) for v in node]
+        return self.scrub_text(node) if isinstance(node, str) else node
 
     def scrub_text(self, text: str) -> str:
         return self.scrub(text.encode()).decode(errors="replace")

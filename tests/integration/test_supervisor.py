@@ -1,0 +1,48 @@
+"""The embedded supervisor against the real services."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from eightbox.deploy.services import StackError
+from eightbox.deploy.supervisor import Supervisor
+from eightbox.settings import Settings
+
+from .conftest import TEST_PORTS
+
+
+def test_status_reports_health_pid_port_and_memory_within_budget(stack, stack_settings):
+    rows = {r.name: r for r in stack.status()}
+    assert set(rows) == {"kafka", "redis", "mlflow"}
+    for name, row in rows.items():
+        assert row.healthy, f"{name} is not healthy"
+        assert psutil.pid_exists(row.pid) and row.rss_mb > 1
+    assert rows["kafka"].port == stack_settings.kafka_port
+    assert sum(r.rss_mb for r in rows.values()) < 6 * 1024, "the stack at rest must stay under 6 GiB"
+
+
+def test_up_then_down_leaves_no_process_of_ours(tmp_path):
+    ports = {k: v + 10_000 for k, v in TEST_PORTS.items()}
+    supervisor = Supervisor(Settings(env="test", home=tmp_path, **ports))
+    try:
+        supervisor.up()
+        started = [r for r in supervisor.status() if r.healthy]
+        assert len(started) == 3
+        family = {p.pid for r in started for p in [psutil.Process(r.pid), *psutil.Process(r.pid).children(True)]}
+    finally:
+        supervisor.down()
+    alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left running: {alive}"
+    assert not list((tmp_path / "run").glob("*.json")), "state files removed"
+    assert all(not r.running for r in supervisor.status())
+
+
+def test_a_taken_port_gives_a_one_line_error_and_leaves_the_running_stack_alone(stack, stack_settings, tmp_path):
+    rival = Supervisor(stack_settings.model_copy(update={"home": tmp_path}))
+    with pytest.raises(StackError) as err:
+        rival.up(["kafka"])
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(stack_settings.kafka_port) in message and "EIGHTBOX_KAFKA_PORT" in message
+    assert all(r.healthy for r in stack.status())
