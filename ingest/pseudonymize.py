@@ -74,7 +74,7 @@ class Pseudonymizer:
                 "ip": event.client.ip and self.token(event.client.ip),
                 "device_id": event.client.device_id and self.token(event.client.device_id),
             })
-        if getattr(event, "email", None):
+        if event.event_type == "user_signed_up" and event.email:  # type: ignore[attr-defined]
             changes["email"] = self.token(event.email)  # type: ignore[attr-defined]
         for name in _FREE_TEXT.get(event.event_type, ()):  # type: ignore[attr-defined]
             value = getattr(event, name)
