@@ -70,6 +70,15 @@ def status() -> None:
 
 
 @app.command()
+def topics() -> None:
+    """Create the contract's topics on the configured brokers (idempotent)."""
+    from eightbox.ingest.topics import ensure_topics
+
+    created = ensure_topics(_settings())
+    typer.echo(f"topics created: {', '.join(created)}" if created else "topics: all present")
+
+
+@app.command()
 def archive(idle_exit: Optional[float] = typer.Option(None, help="Exit after this many idle seconds.")) -> None:
     """Run one lake archiver (a consumer-group member) until SIGTERM/SIGINT."""
     from eightbox.ingest.archiver import LakeArchiver
