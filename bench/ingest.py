@@ -71,7 +71,7 @@ def run(settings: Settings, quick: bool = False) -> dict:
     Supervisor(settings).up(["kafka"])
     ensure_topics(settings)
 
-    hours = 12.0 if quick else 48.0
+    hours = 24.0 if quick else 96.0
     print(f"bench ingest: simulating {hours:g} h of marketplace traffic ...", flush=True)
     _, events = simulation_events(hours=hours, seed=11)
     n = len(events)

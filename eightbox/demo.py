@@ -27,6 +27,23 @@ def header(number: str, title: str, engine: str) -> None:
     print(f"\n━━ box {number} · {title} ({engine}) " + "━" * max(0, 60 - len(title) - len(engine)))
 
 
+def _trace_one_click(settings: Settings, events: list) -> None:
+    from eightbox.ingest.trace import locate
+
+    click = next(e for e in events if e.event_type == "item_clicked" and e.request_id)
+    where = locate(settings, "item_clicked", click.event_id)
+    if where is None:
+        print(f"  trace: click {click.event_id} is not in the lake yet")
+        return
+    row = where["row"]
+    print(f"  trace one click: {row['user_id']} clicked {row['item_id']} at position {row['position']} "
+          f"({row['event_time']:%Y-%m-%d %H:%M:%S}Z, request {row['request_id']})")
+    print(f"    gateway  validated, ip → {row['client']['ip'] if row['client'] else '-'}")
+    print(f"    kafka    {where['topic']} partition {where['partition']} offset {where['offset']} "
+          f"(key {row['user_id']})")
+    print(f"    lake     {where['file'].relative_to(settings.lake_dir)}")
+
+
 def run_demo(settings: Settings, quick: bool = False) -> None:
     from eightbox.deploy.supervisor import Supervisor
     from eightbox.ingest import lake
@@ -48,17 +65,24 @@ def run_demo(settings: Settings, quick: bool = False) -> None:
           f"{hours:g} h of traffic → {len(events)} events")
     publish_events(settings, events, label="simulated traffic")
 
-    header(*BOXES[2])
     print("  lake archiver (consumer group) → Parquet, exactly once")
     n = LakeArchiver(settings).run(idle_exit_s=3.0)
     print(f"  archived {n} events this run")
+    _trace_one_click(settings, events)
+
+    header(*BOXES[1])
+    print("  not built yet — see `issues`")
+
+    header(*BOXES[2])
+    files = list(settings.lake_dir.glob("raw/*/dt=*/hr=*/*.parquet"))
+    print(f"  raw lake: {settings.lake_dir / 'raw'} ({len(files)} Parquet files)")
     for event_type in EVENT_TYPES:
         table = lake.read_events(settings.lake_dir, event_type)
         days = sorted(pc.unique(pc.strftime(table["event_time"], "%Y-%m-%d")).to_pylist())
         print(f"  {event_type:<18} {table.num_rows:>8} rows   days: {', '.join(days) or '-'}")
-    print(f"  lake: {settings.lake_dir / 'raw'}")
+    print("  Feast offline store: not built yet — see `issues`")
 
-    for box in (BOXES[1], *BOXES[3:]):
+    for box in BOXES[3:]:
         header(*box)
         print("  not built yet — see `issues`")
 

@@ -12,7 +12,6 @@ renames) are deleted and re-read. So a SIGKILL at any instant loses and duplicat
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Callable
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
@@ -152,7 +152,7 @@ class LakeArchiver:
         pairs, bad = [], []  # (record, row) that parsed; (record, reason) that did not
         for r in records:
             try:
-                row = json.loads(r.value)
+                row = orjson.loads(r.value)
                 if not isinstance(row, dict) or row.get("event_type") != event_type:
                     raise ValueError(f"not a {event_type} event")
             except ValueError as e:

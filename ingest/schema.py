@@ -7,12 +7,12 @@ their names from here. Events are named in the past tense; each carries a unique
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
@@ -160,8 +160,8 @@ def parse_event(raw: bytes | str | dict, max_bytes: int | None = None) -> _Event
         if max_bytes is not None and size > max_bytes:
             raise InvalidEvent(f"oversize: {size} bytes > limit {max_bytes}")
         try:
-            raw = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as e:
+            raw = orjson.loads(raw)
+        except ValueError as e:
             raise InvalidEvent(f"not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise InvalidEvent(f"not a JSON object: got {type(raw).__name__}")
