@@ -60,9 +60,11 @@ def run_demo(settings: Settings, quick: bool = False) -> None:
 
     header(*BOXES[0])
     hours = 6.0 if quick else 24.0
-    market, events = simulation_events(hours=hours, seed=7, quick=quick)
-    print(f"  simulated marketplace: {market.config.n_users} users, {market.config.n_items} items, "
-          f"{hours:g} h of traffic → {len(events)} events")
+    # Each run adds the next stretch of the same simulated world, rather than repeating the first.
+    done = len(list((settings.lake_dir / "raw" / "impression_served").glob("dt=*/hr=*")))
+    market, events = simulation_events(hours=hours, seed=7, quick=quick, after_hours=float(done))
+    print(f"  simulated marketplace: {market.config.n_users} users, {market.config.n_items} items; "
+          f"hours {done}–{done + hours:g} of its traffic → {len(events)} events")
     publish_events(settings, events, label="simulated traffic")
 
     print("  lake archiver (consumer group) → Parquet, exactly once")

@@ -17,10 +17,17 @@ from .simulator import Marketplace, SimConfig
 QUICK_WORLD = dict(n_users=500, n_items=400, n_creators=60, sessions_per_hour=120.0)
 
 
-def simulation_events(hours: float, seed: int, quick: bool = False) -> tuple[Marketplace, list[_Event]]:
-    """A seeded world's bootstrap events and `hours` of its traffic, in event-time order."""
+def simulation_events(hours: float, seed: int, quick: bool = False,
+                      after_hours: float = 0.0) -> tuple[Marketplace, list[_Event]]:
+    """A seeded world's traffic from `after_hours` to `after_hours + hours`, in event-time order,
+    with the world's bootstrap events when starting from the beginning. Replaying the clock to
+    `after_hours` first makes consecutive calls continue one world instead of repeating it."""
     config = SimConfig(seed=seed, **(QUICK_WORLD if quick else {}))
     market = Marketplace(config)
+    if after_hours:
+        for _ in market.simulate(hours=after_hours):
+            pass
+        return market, list(market.simulate(hours=hours))
     return market, [*market.bootstrap_events(), *market.simulate(hours=hours)]
 
 
