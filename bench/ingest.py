@@ -8,7 +8,9 @@ archiver process consumes, converts and fsyncs Parquet); Kafka's tool only produ
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,9 +19,7 @@ import uuid
 from collections import Counter
 
 import pyarrow.parquet as pq
-from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.structs import OffsetAndMetadata
 
 from eightbox.deploy.services import java_binary
 from eightbox.deploy.supervisor import Supervisor
@@ -31,16 +31,6 @@ from eightbox.ingest.topics import ensure_topics
 from eightbox.settings import Settings
 
 PERF_TOPIC = "eightbox.bench-producer-perf"
-
-
-def _start_group_at_end(settings: Settings) -> None:
-    """Commit the current end offsets for the bench's fresh group, so it archives only new events."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers, group_id=settings.archiver_group,
-                             enable_auto_commit=False)
-    tps = [TopicPartition(t.name, p) for t in TOPICS.values() for p in range(t.partitions)]
-    ends = consumer.end_offsets(tps)
-    consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in ends.items()})
-    consumer.close()
 
 
 def _archived_rows(settings: Settings) -> int:
@@ -63,22 +53,31 @@ def _kafka_producer_perf(settings: Settings, records: int, record_size: int) -> 
 
 
 def run(settings: Settings, quick: bool = False) -> dict:
+    """The benchmark on a broker of its own (the embedded one, under a throwaway home and ports
+    +100), so its events never mix with the demo's topics or lake."""
     started = time.monotonic()
-    run_id = uuid.uuid4().hex[:8]
-    settings = settings.model_copy(update={"archiver_group": f"bench-{run_id}"})
-    bench_home = settings.home / "bench" / run_id
-    lake_settings = settings.model_copy(update={"home": bench_home})
-    Supervisor(settings).up(["kafka"])
-    ensure_topics(settings)
+    home = settings.home / "bench" / uuid.uuid4().hex[:8]
+    settings = settings.model_copy(update={
+        "home": home, "kafka_bootstrap": None, "archiver_group": "bench-archiver",
+        "kafka_port": settings.kafka_port + 100, "kafka_controller_port": settings.kafka_controller_port + 100,
+    })
+    supervisor = Supervisor(settings)
+    supervisor.up(["kafka"])
+    try:
+        return _measure(settings, quick, started)
+    finally:
+        supervisor.down(["kafka"])
+        shutil.rmtree(home, ignore_errors=True)
 
+
+def _measure(settings: Settings, quick: bool, started: float) -> dict:
+    ensure_topics(settings)
     hours = 24.0 if quick else 96.0
     print(f"bench ingest: simulating {hours:g} h of marketplace traffic ...", flush=True)
     _, events = simulation_events(hours=hours, seed=11)
     n = len(events)
     mean_size = sum(len(to_wire(e)) for e in events[:: max(1, n // 2000)]) / len(events[:: max(1, n // 2000)])
-    _start_group_at_end(settings)
-
-    env = {**__import__("os").environ, "EIGHTBOX_HOME": str(bench_home),
+    env = {**os.environ, "EIGHTBOX_HOME": str(settings.home),
            "EIGHTBOX_ARCHIVER_GROUP": settings.archiver_group, "EIGHTBOX_KAFKA_PORT": str(settings.kafka_port),
            "EIGHTBOX_KAFKA_BOOTSTRAP": settings.kafka_servers}
     archiver = subprocess.Popen([sys.executable, "-m", "eightbox.cli", "archive"],
@@ -93,7 +92,7 @@ def run(settings: Settings, quick: bool = False) -> dict:
         for e in events:
             producer.publish(e)
     produce_s = time.monotonic() - t0
-    while _archived_rows(lake_settings) < n and archiver.poll() is None:
+    while _archived_rows(settings) < n and archiver.poll() is None:
         time.sleep(0.05)
     end_to_end_s = time.monotonic() - t0
     archiver.terminate()
@@ -101,7 +100,7 @@ def run(settings: Settings, quick: bool = False) -> dict:
 
     ids: Counter = Counter()
     for event_type in EVENT_TYPES:
-        table = lake.read_events(lake_settings.lake_dir, event_type, dedupe=False)
+        table = lake.read_events(settings.lake_dir, event_type, dedupe=False)
         ids.update(table.column("event_id").to_pylist())
     lost = len(acked - set(ids))
     duplicated = sum(c - 1 for c in ids.values() if c > 1)
