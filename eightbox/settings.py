@@ -77,6 +77,28 @@ class Settings(BaseSettings):
     archiver_flush_seconds: float = 2.0
     """...or once its oldest event has waited this long."""
 
+    # --- Feature pipeline ----------------------------------------------------------------------
+    spark_master: str = "local[2]"
+    """Spark master for backfills: `local[N]` in the embedded stack, `spark://host:7077` on a cluster."""
+
+    spark_driver_memory: str = "2g"
+    """Driver memory of the Spark backfill."""
+
+    flink_rest_port: int = 18081
+    """REST (and web UI) port of the embedded Flink JobManager; jobs are submitted through it."""
+
+    flink_rpc_port: int = 16123
+    """RPC port of the embedded Flink JobManager."""
+
+    flink_jobmanager: str | None = None
+    """`host:port` of a Flink cluster's REST endpoint; unset means the embedded one."""
+
+    flink_taskmanager_memory: str = "1536m"
+    """Total process memory of the embedded Flink TaskManager."""
+
+    feast_project: str = "eightbox"
+    """Feast project name; the registry lives under `home`/feast."""
+
     # --- Startup -----------------------------------------------------------------------------
     start_timeout_s: float = 90.0
     """How long `eightbox up` waits for a service to become healthy."""
@@ -99,6 +121,15 @@ class Settings(BaseSettings):
     @property
     def lake_dir(self) -> Path:
         return self.home / "lake"
+
+    @property
+    def features_dir(self) -> Path:
+        """Feature history tables (Feast's offline store): `<lake>/features/<table>/dt=.../`."""
+        return self.lake_dir / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
 
     @property
     def kafka_servers(self) -> str:
