@@ -131,7 +131,11 @@ TOPICS: dict[str, Topic] = {
     "item_published": Topic("eightbox.items", 3),
 }
 DEAD_LETTER = Topic("eightbox.dead-letter", 3)
-ALL_TOPICS: tuple[Topic, ...] = (*TOPICS.values(), DEAD_LETTER)
+# Produced by the Flink job: windowed feature values on their way to Feast, and events that came
+# later than the allowed lateness (counted and archived, never silently dropped).
+FEATURE_UPDATES = Topic("eightbox.feature-updates", 6)
+LATE_EVENTS = Topic("eightbox.late-events", 3)
+ALL_TOPICS: tuple[Topic, ...] = (*TOPICS.values(), DEAD_LETTER, FEATURE_UPDATES, LATE_EVENTS)
 EVENT_TYPE_OF_TOPIC: dict[str, str] = {t.name: et for et, t in TOPICS.items()}
 
 _ADAPTER: TypeAdapter = TypeAdapter(Event)

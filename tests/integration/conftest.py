@@ -14,8 +14,12 @@ from eightbox.deploy.supervisor import Supervisor
 from eightbox.ingest.topics import ensure_topics
 from eightbox.settings import Settings
 
-# Offset from the defaults, so tests never touch a demo stack running beside them.
-TEST_PORTS = dict(kafka_port=29092, kafka_controller_port=29093, redis_port=26379, mlflow_port=25000)
+# Offset from the defaults, so tests never touch a demo stack running beside them; a second test
+# run at the same time sets EIGHTBOX_TEST_PORT_OFFSET to keep clear of the first.
+_OFFSET = int(os.environ.get("EIGHTBOX_TEST_PORT_OFFSET", "0"))
+TEST_PORTS = {k: v + _OFFSET for k, v in dict(
+    kafka_port=29092, kafka_controller_port=29093, redis_port=26379, mlflow_port=25000,
+    flink_rest_port=28081, flink_rpc_port=26123).items()}
 
 
 def pytest_collection_modifyitems(items):

@@ -192,7 +192,7 @@ def test_every_event_type_has_exactly_one_topic():
 
 def test_topic_names_are_unique_partitions_positive_and_the_dead_letter_topic_distinct():
     names = [t.name for t in ALL_TOPICS]
-    assert len(names) == len(set(names)) == len(TOPICS) + 1
+    assert len(names) == len(set(names)) == len(TOPICS) + 3  # + dead letters, feature updates, late events
     assert all(t.partitions > 0 for t in ALL_TOPICS)
     assert DEAD_LETTER in ALL_TOPICS and DEAD_LETTER.name not in EVENT_TYPE_OF_TOPIC
 
