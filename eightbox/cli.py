@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Eightbox: an end-to-end recommender platform on one machine.")
 data_app = typer.Typer(no_args_is_help=True, help="Public data sets.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each prints one JSON line last.")
+features_app = typer.Typer(no_args_is_help=True, help="The feature pipeline: Feast, Spark backfills, Flink stream.")
+app.add_typer(features_app, name="features")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
@@ -108,6 +111,48 @@ def dead_letters(limit: int = typer.Option(20)) -> None:
 
     for rec in tail_dead_letters(_settings(), limit):
         typer.echo(f"{rec['source']:<9} {rec['reason'][:100]}  ({rec['original_size']} bytes)")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the Feast repository (entities, feature views, push sources, feature services)."""
+    from eightbox.features.store import apply
+
+    apply(_settings())
+    typer.echo("feast: repository applied")
+
+
+@features_app.command("materialize")
+def features_materialize(start: datetime = typer.Option(..., help="UTC start, e.g. 2024-01-01"),
+                         end: datetime = typer.Option(..., help="UTC end (exclusive)")) -> None:
+    """Copy the feature history between two instants from the offline store into Redis."""
+    from eightbox.features.store import materialize
+
+    materialize(_settings(), start.replace(tzinfo=timezone.utc), end.replace(tzinfo=timezone.utc))
+
+
+@features_app.command("push")
+def features_push() -> None:
+    """Push streaming feature updates from Kafka into Feast (online) and the offline history."""
+    from eightbox.features.pusher import run_pusher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    typer.echo(f"pushed {run_pusher(_settings(), stop)} feature rows")
+
+
+@bench_app.command("online-features")
+def bench_online_features(quick: bool = typer.Option(False, help="Fewer requests.")) -> None:
+    """Ranking features for 1 user + 500 items: our pipelined reader vs Feast vs raw Redis."""
+    from eightbox.deploy.services import StackError
+    from eightbox.features.bench_online import run
+
+    try:
+        run(_settings(), quick=quick)
+    except StackError as e:
+        _fail(str(e))
 
 
 @data_app.command("movielens-100k")

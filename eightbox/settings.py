@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     flink_taskmanager_memory: str = "1536m"
     """Total process memory of the embedded Flink TaskManager."""
 
+    pusher_group: str = "feature-pusher"
+    """Consumer group of the process that pushes streaming feature values into Feast."""
+
     feast_project: str = "eightbox"
     """Feast project name; the registry lives under `home`/feast."""
 
