@@ -189,4 +189,7 @@ def mlflow(settings: Settings) -> ServiceSpec:
 
 def embedded_services(settings: Settings) -> dict[str, ServiceSpec]:
     """The embedded stack, in start order."""
-    return {s.name: s for s in (kafka(settings), redis(settings), mlflow(settings))}
+    from .flink_service import flink_services  # it builds on this module's ServiceSpec
+
+    specs = (kafka(settings), *flink_services(settings), redis(settings), mlflow(settings))
+    return {s.name: s for s in specs}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 import signal
 import sys
 import threading
@@ -31,6 +32,19 @@ def _settings() -> Settings:
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(1)
+
+
+@contextmanager
+def _one_line_errors():
+    """Known operational failures (stack not up, bad input tables, job errors) end in one line."""
+    from eightbox.deploy.services import StackError
+    from eightbox.features.stream.control import StreamJobError
+    from eightbox.features.validate import FeatureValidationError
+
+    try:
+        yield
+    except (StackError, StreamJobError, FeatureValidationError) as e:
+        _fail(str(e))
 
 
 def _supervisor():
@@ -143,16 +157,68 @@ def features_push() -> None:
     typer.echo(f"pushed {run_pusher(_settings(), stop)} feature rows")
 
 
+@features_app.command("backfill")
+def features_backfill(date_: datetime = typer.Option(..., "--date", help="Day D: values known at the end of D."),
+                      until: Optional[datetime] = typer.Option(None, help="Last day of a range (inclusive).")) -> None:
+    """Spark backfill of the daily feature tables; rerunning a day replaces only that day."""
+    from eightbox.features.backfill import backfill, backfill_days
+
+    settings = _settings()
+    with _one_line_errors():
+        counts = (backfill_days(settings, date_.date(), until.date()) if until
+                  else backfill(settings, date_.date()))
+    for table, rows in counts.items():
+        typer.echo(f"{table:<22} {rows:>8} rows")
+
+
+stream_app = typer.Typer(no_args_is_help=True, help="The Flink streaming job on the Flink cluster.")
+features_app.add_typer(stream_app, name="stream")
+
+
+@stream_app.command("start")
+def stream_start(restore: Optional[str] = typer.Option(None, help="Checkpoint or savepoint to resume from.")) -> None:
+    """Submit the streaming feature job (resumes from `--restore` when given)."""
+    from eightbox.features.stream import control
+
+    with _one_line_errors():
+        typer.echo(f"stream job running: {control.start(_settings(), restore=restore)}")
+
+
+@stream_app.command("stop")
+def stream_stop(savepoint: bool = typer.Option(True, help="Take a savepoint before stopping.")) -> None:
+    """Stop the streaming feature job."""
+    from eightbox.features.stream import control
+
+    with _one_line_errors():
+        path = control.stop(_settings(), savepoint=savepoint)
+    typer.echo(f"stream job stopped{f'; savepoint {path}' if path else ''}")
+
+
+@stream_app.command("status")
+def stream_status() -> None:
+    """State and checkpoints of the streaming feature job."""
+    from eightbox.features.stream import control
+
+    with _one_line_errors():
+        for key, value in control.status(_settings()).items():
+            typer.echo(f"{key:<22} {value}")
+
+
+@bench_app.command("backfill")
+def bench_backfill(quick: bool = typer.Option(False, help="Two simulated days instead of four.")) -> None:
+    """Events per second through the Spark backfill."""
+    from eightbox.features.backfill_bench import run
+
+    run(_settings(), quick=quick)
+
+
 @bench_app.command("online-features")
 def bench_online_features(quick: bool = typer.Option(False, help="Fewer requests.")) -> None:
     """Ranking features for 1 user + 500 items: our pipelined reader vs Feast vs raw Redis."""
-    from eightbox.deploy.services import StackError
     from eightbox.features.bench_online import run
 
-    try:
+    with _one_line_errors():
         run(_settings(), quick=quick)
-    except StackError as e:
-        _fail(str(e))
 
 
 @data_app.command("movielens-100k")

@@ -14,7 +14,7 @@ from .conftest import TEST_PORTS
 
 def test_status_reports_health_pid_port_and_memory_within_budget(stack, stack_settings):
     rows = {r.name: r for r in stack.status()}
-    assert set(rows) == {"kafka", "redis", "mlflow"}
+    assert set(rows) == {"kafka", "flink-jobmanager", "flink-taskmanager", "redis", "mlflow"}
     for name, row in rows.items():
         assert row.healthy, f"{name} is not healthy"
         assert psutil.pid_exists(row.pid) and row.rss_mb > 1
@@ -28,7 +28,7 @@ def test_up_then_down_leaves_no_process_of_ours(tmp_path):
     try:
         supervisor.up()
         started = [r for r in supervisor.status() if r.healthy]
-        assert len(started) == 3
+        assert len(started) == len(supervisor.services) == 5
         family = {p.pid for r in started for p in [psutil.Process(r.pid), *psutil.Process(r.pid).children(True)]}
     finally:
         supervisor.down()
