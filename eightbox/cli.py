@@ -48,9 +48,12 @@ def _one_line_errors():
 
 
 def _supervisor():
+    """The embedded stack plus the feature pusher (deploy/pusher_service.py), in start order."""
+    from eightbox.deploy.pusher_service import stack_services
     from eightbox.deploy.supervisor import Supervisor
 
-    return Supervisor(_settings())
+    settings = _settings()
+    return Supervisor(settings, stack_services(settings))
 
 
 @app.command()
@@ -146,7 +149,8 @@ def features_materialize(start: datetime = typer.Option(..., help="UTC start, e.
 
 
 @features_app.command("push")
-def features_push() -> None:
+def features_push(heartbeat: Optional[Path] = typer.Option(None, help="File rewritten every second while "
+                                                                    "the consumer runs (for the supervisor).")) -> None:
     """Push streaming feature updates from Kafka into Feast (online) and the offline history."""
     from eightbox.features.pusher import run_pusher
 
@@ -154,7 +158,7 @@ def features_push() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    typer.echo(f"pushed {run_pusher(_settings(), stop)} feature rows")
+    typer.echo(f"pushed {run_pusher(_settings(), stop, heartbeat=heartbeat)} feature rows")
 
 
 @features_app.command("backfill")
@@ -216,6 +220,15 @@ def bench_backfill(quick: bool = typer.Option(False, help="Two simulated days in
 def bench_online_features(quick: bool = typer.Option(False, help="Fewer requests.")) -> None:
     """Ranking features for 1 user + 500 items: our pipelined reader vs Feast vs raw Redis."""
     from eightbox.features.bench_online import run
+
+    with _one_line_errors():
+        run(_settings(), quick=quick)
+
+
+@bench_app.command("freshness")
+def bench_freshness(quick: bool = typer.Option(False, help="500 events over one minute (under ~2.5 minutes).")) -> None:
+    """Gateway → Flink → pusher → Redis: how long until a click is visible online (p50/p99)."""
+    from eightbox.features.bench_freshness import run
 
     with _one_line_errors():
         run(_settings(), quick=quick)

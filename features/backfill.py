@@ -3,10 +3,13 @@
 Window arithmetic is exactly specs.window_ends (locked by tests/integration/test_backfill.py
 against specs.window_counts): an event at `ts` (epoch microseconds) falls in the windows ending at
 ``first = ts - pmod(ts, slide) + slide`` and the next ``size/slide - 1`` multiples of `slide`.
-Events are counted once per event_id; category and creator_id come from the item's first
-ItemPublished event (joined on item_id) when that is at or before the event's time (never from
-the event's future, so results do not depend on the range a run covers); an event whose key is
-missing is not counted.
+Events are counted once per event_id; category and creator_id are the item's attributes valid
+at the event's time: those of the item's LATEST ItemPublished event at or before the event's
+``event_time`` (an as-of join on item_id, the same rule as the Flink job's event-time temporal
+join; never from the event's future, so results do not depend on the range a run covers). Two
+versions of one item with equal event_time are ordered by event_id (Flink keeps the one it read
+last; the event contract does not produce such ties). An event whose item was not yet published,
+or whose key is missing, is not counted.
 
 Output: ``<features_dir>/<table>/dt=YYYY-MM-DD/part-*.parquet`` with the entity keys,
 ``event_timestamp`` (UTC timestamp, the window end) and the table's feature columns; dt is the
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from eightbox.features.derived import add_derived
@@ -60,26 +63,55 @@ def _read(spark: SparkSession, files: list[Path], columns: list[str]) -> DataFra
     return spark.read.parquet(*(str(f) for f in files)).select(*columns)
 
 
-def item_dimension(spark: SparkSession, files: list[Path], end: datetime) -> DataFrame:
-    """(item_id, category, creator_id, published_at) from each item's first ItemPublished event
-    before `end`."""
-    if not files:
-        return spark.createDataFrame([], "item_id string, category string, creator_id string, published_at timestamp")
-    pubs = (_read(spark, files, ["event_id", "event_time", "item_id", "category", "creator_id"])
+def _publications(spark: SparkSession, files: list[Path], end: datetime) -> DataFrame:
+    """ItemPublished events before `end`, once per event_id."""
+    return (_read(spark, files, ["event_id", "event_time", "item_id", "category", "creator_id"])
             .where((F.col("event_time") < F.lit(end)) & F.col("item_id").isNotNull())
             .dropDuplicates(["event_id"]))
+
+
+def item_dimension(spark: SparkSession, files: list[Path], end: datetime) -> DataFrame:
+    """(item_id, category, creator_id, published_at): one row per item, from its first
+    ItemPublished event before `end` (published_at = when the item first appeared; the derived
+    columns item_age_days and creator_items read this). Events are enriched with item_versions."""
+    if not files:
+        return spark.createDataFrame([], "item_id string, category string, creator_id string, published_at timestamp")
     order = F.struct("event_time", "event_id")
-    return pubs.groupBy("item_id").agg(
+    return _publications(spark, files, end).groupBy("item_id").agg(
         F.min("event_time").alias("published_at"),
         F.min_by("category", order).alias("category"),
         F.min_by("creator_id", order).alias("creator_id"))
 
 
+def item_versions(spark: SparkSession, files: list[Path], end: datetime) -> DataFrame:
+    """(item_id, valid_from, version_id, category, creator_id): every ItemPublished event before
+    `end`, one row per event_id; a version is valid from its event_time until the item's next one."""
+    if not files:
+        return spark.createDataFrame([], "item_id string, valid_from timestamp, version_id string, "
+                                         "category string, creator_id string")
+    return _publications(spark, files, end).select(
+        "item_id", F.col("event_time").alias("valid_from"), F.col("event_id").alias("version_id"),
+        *ITEM_ATTRIBUTES)
+
+
+def enrich(events: DataFrame, versions: DataFrame) -> DataFrame:
+    """`events` (EVENT_COLUMNS, one row per (event_type, event_id)) plus ITEM_ATTRIBUTES as of each
+    event's time: from the item's latest version with valid_from <= event_time (ties: the larger
+    version_id), null when the item had no version yet."""
+    v = versions.select(F.col("item_id").alias("_item"), "valid_from", "version_id", *ITEM_ATTRIBUTES)
+    joined = events.join(F.broadcast(v), (F.col("item_id") == F.col("_item"))
+                         & (F.col("valid_from") <= F.col("event_time")), "left")
+    latest = Window.partitionBy("event_type", "event_id").orderBy(
+        F.col("valid_from").desc_nulls_last(), F.col("version_id").desc_nulls_last())
+    return (joined.withColumn("_rn", F.row_number().over(latest)).where(F.col("_rn") == 1)
+            .select(*EVENT_COLUMNS, *ITEM_ATTRIBUTES))
+
+
 def load_events(spark: SparkSession, files: dict[str, list[Path]], start: datetime | None, end: datetime,
                 items: DataFrame | None = None) -> DataFrame:
     """Events of the given types with event_time in [start, end), one row per (event_type,
-    event_id), columns EVENT_COLUMNS plus ITEM_ATTRIBUTES when `items` (item_dimension) is given:
-    an event gets its item's attributes only if the item was published at or before it."""
+    event_id), columns EVENT_COLUMNS plus ITEM_ATTRIBUTES when `items` (item_versions) is given:
+    the attributes of the item's latest version at or before the event (see `enrich`)."""
     frames = []
     for event_type, paths in sorted(files.items()):
         if event_type == ITEM_SOURCE or not paths:
@@ -97,9 +129,7 @@ def load_events(spark: SparkSession, files: dict[str, list[Path]], start: dateti
         window &= F.col("event_time") >= F.lit(start)
     events = events.where(window).dropDuplicates(["event_type", "event_id"])
     if items is not None:
-        known = F.col("published_at") <= F.col("event_time")  # never an attribute from the event's future
-        events = (events.join(F.broadcast(items.select("item_id", "published_at", *ITEM_ATTRIBUTES)), "item_id", "left")
-                  .select(*EVENT_COLUMNS, *(F.when(known, F.col(a)).alias(a) for a in ITEM_ATTRIBUTES)))
+        events = enrich(events, items)
     return events
 
 
@@ -199,7 +229,8 @@ def _compute(settings: Settings, spark: SparkSession | None, specs: tuple[Window
     validate_inputs(files, specs, extra)
     spark = spark or spark_session(settings)
     items = item_dimension(spark, files[ITEM_SOURCE], ends_before).cache()
-    events = load_events(spark, files, history, ends_before, items).cache()
+    versions = item_versions(spark, files[ITEM_SOURCE], ends_before)
+    events = load_events(spark, files, history, ends_before, versions).cache()
     try:
         out = {t: table_window_counts(events, ss, ends_from, ends_before) for t, ss in tables.items()}
         if derived:

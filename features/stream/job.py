@@ -76,13 +76,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--idle-timeout-s", type=float, default=JobOptions.idle_timeout_s)
     p.add_argument("--checkpoint-interval-s", type=float, default=JobOptions.checkpoint_interval_s)
     p.add_argument("--startup-mode", default=JobOptions.startup_mode)
+    p.add_argument("--startup-timestamp-ms", type=int, default=None)
     p.add_argument("--group-id", default=JobOptions.group_id)
+    p.add_argument("--transactional-id-prefix", default=JobOptions.transactional_id_prefix)
     p.add_argument("--at-least-once", action="store_true", help="no Kafka transactions in the sinks")
     a = p.parse_args(argv)
     settings = get_settings()
     opts = JobOptions(kafka_servers=settings.kafka_servers, out_of_orderness_s=a.out_of_orderness_s,
                       idle_timeout_s=a.idle_timeout_s, checkpoint_interval_s=a.checkpoint_interval_s,
-                      startup_mode=a.startup_mode, group_id=a.group_id, exactly_once=not a.at_least_once)
+                      startup_mode=a.startup_mode, startup_timestamp_ms=a.startup_timestamp_ms,
+                      group_id=a.group_id, transactional_id_prefix=a.transactional_id_prefix,
+                      exactly_once=not a.at_least_once)
     if a.print_sql:
         print(script(opts))
         return

@@ -80,6 +80,7 @@ class JobOptions:
     checkpoint_interval_s: float = 5.0
     group_id: str = "eightbox-flink-features"
     startup_mode: str = "earliest-offset"  # ignored when restoring from a checkpoint
+    startup_timestamp_ms: int | None = None  # with startup_mode="timestamp": read records from then on
     exactly_once: bool = True
     transactional_id_prefix: str = "eightbox-features"
     transaction_timeout_ms: int = 600_000  # under the broker's transaction.max.timeout.ms (15 min)
@@ -109,6 +110,8 @@ def _kafka_source(opts: JobOptions, topic: str) -> str:
             f"'properties.bootstrap.servers' = '{opts.kafka_servers}', "
             f"'properties.group.id' = '{opts.group_id}', "
             f"'scan.startup.mode' = '{opts.startup_mode}', "
+            + (f"'scan.startup.timestamp-millis' = '{opts.startup_timestamp_ms}', "
+               if opts.startup_mode == "timestamp" else "") +
             "'properties.auto.offset.reset' = 'earliest', "
             "'format' = 'json', 'json.ignore-parse-errors' = 'true', "
             "'json.timestamp-format.standard' = 'ISO-8601', "

@@ -15,7 +15,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from eightbox.features import derived
-from eightbox.features.backfill import (backfill, backfill_days, item_dimension, lake_files, load_events,
+from eightbox.features.backfill import (backfill, backfill_days, item_versions, lake_files, load_events,
                                         spark_window_counts, streaming_backfill)
 from eightbox.features.backfill_bench import write_lake
 from eightbox.features.spark_session import spark_session
@@ -30,6 +30,7 @@ FAR = datetime(2030, 1, 1, tzinfo=timezone.utc)
 DAILY_TABLES = ("user_daily", "user_category_daily", "item_daily", "creator_daily")
 ITEMS = {f"i{n}": (f"c{n % 3}", f"k{n % 2}") for n in range(8)}  # item -> (category, creator)
 LATE_ITEM = "i7"  # published at T0 + 12h: earlier events on it have no category yet
+MOVED_ITEM, MOVED_AT, MOVED_TO = "i2", T0 + timedelta(hours=6), "c-moved"  # re-published: new category from then on
 
 
 def _wire(t: datetime) -> str:
@@ -45,16 +46,17 @@ def _event(event_type: str, event_id: str, at: datetime, user: str | None = "u1"
     return row
 
 
-def _published(item: str, at: datetime) -> dict:
-    category, creator = ITEMS[item]
-    return {"event_type": "item_published", "event_id": f"pub-{item}", "event_time": _wire(at),
-            "item_id": item, "creator_id": creator, "category": category}
+def _published(item: str, at: datetime, category: str | None = None, event_id: str | None = None) -> dict:
+    default, creator = ITEMS[item]
+    return {"event_type": "item_published", "event_id": event_id or f"pub-{item}", "event_time": _wire(at),
+            "item_id": item, "creator_id": creator, "category": category or default}
 
 
 def _stream(seed: int = 7) -> list[dict]:
     """Out of order, with duplicates, equal timestamps, boundary instants and a day crossing."""
     rng = random.Random(seed)
     rows = [_published(i, T0 - timedelta(days=40 if i != LATE_ITEM else -0.5)) for i in ITEMS]
+    rows.append(_published(MOVED_ITEM, MOVED_AT, MOVED_TO, f"pub-{MOVED_ITEM}-v2"))
     types = ("item_clicked", "impression_served", "impression_served", "item_engaged")
     boundaries = [T0, T0 + timedelta(days=1), T0 - timedelta(days=1), T0 + timedelta(minutes=15),
                   T0 - timedelta(minutes=1), T0 + timedelta(hours=23, minutes=59, seconds=59, microseconds=999_999)]
@@ -74,17 +76,18 @@ def _dupes(rows: list[dict]) -> list[dict]:
 
 
 def _reference_rows(rows: list[dict]) -> list[dict]:
-    """Rows as the reference sees them: typed, once per event_id, with item attributes known at
-    the event's time (first ItemPublished at or before it)."""
+    """Rows as the reference sees them: typed, once per event_id, with the item attributes valid
+    at the event's time (from the item's latest ItemPublished at or before it)."""
     seen, out = set(), []
-    pub = {r["item_id"]: datetime.fromisoformat(r["event_time"]) for r in rows if r["event_type"] == "item_published"}
+    pubs = [r for r in rows if r["event_type"] == "item_published"]
     for r in rows:
         if (r["event_type"], r["event_id"]) in seen:
             continue
         seen.add((r["event_type"], r["event_id"]))
         at = datetime.fromisoformat(r["event_time"])
-        known = r["item_id"] in pub and pub[r["item_id"]] <= at
-        category, creator = ITEMS[r["item_id"]] if known else (None, None)
+        versions = [p for p in pubs if p["item_id"] == r["item_id"] and datetime.fromisoformat(p["event_time"]) <= at]
+        latest = max(versions, key=lambda p: (datetime.fromisoformat(p["event_time"]), p["event_id"]), default=None)
+        category, creator = (latest["category"], latest["creator_id"]) if latest else (None, None)
         out.append({**r, "event_time": at, "category": category, "creator_id": creator})
     return out
 
@@ -114,7 +117,7 @@ def _collect(df, keys, columns) -> dict[tuple, tuple]:
 def _events(spark, settings):
     files = {t: lake_files(settings.lake_dir, t, None, FAR) for t in
              ("item_clicked", "impression_served", "item_engaged", "item_published")}
-    return load_events(spark, files, None, FAR, item_dimension(spark, files["item_published"], FAR))
+    return load_events(spark, files, None, FAR, item_versions(spark, files["item_published"], FAR))
 
 
 def test_streaming_specs_match_the_reference(spark, world):
@@ -125,6 +128,8 @@ def test_streaming_specs_match_the_reference(spark, world):
         want = window_counts(spec, rows)
         assert {k: v[0] for k, v in got.items()} == want, spec.name
         assert want  # the fixture exercises every spec
+    rows_moved = [r for r in rows if r["item_id"] == MOVED_ITEM and r["event_type"] == "item_clicked"]
+    assert {r["category"] for r in rows_moved} == {ITEMS[MOVED_ITEM][0], MOVED_TO}  # both versions are used
     clicks_30m = STREAMING[0]
     bounded = _collect(spark_window_counts(events, clicks_30m, T0, T0 + timedelta(hours=1)), clicks_30m.keys, ["uc_clicks_30m"])
     assert {k: v[0] for k, v in bounded.items()} == {

@@ -41,11 +41,18 @@ def flink(stack):
     return stack
 
 
+def job_options(settings, name: str) -> JobOptions:
+    """Options for a test's own job: its own group and transactions, and only records published from
+    now on (other tests' later event times would move the watermark past ours)."""
+    return JobOptions(kafka_servers=settings.kafka_servers, out_of_orderness_s=BOUND_S, idle_timeout_s=15.0,
+                      checkpoint_interval_s=2.0, group_id=f"flink-{name}-{RUN}",
+                      startup_mode="timestamp", startup_timestamp_ms=int(time.time() * 1000) - 1000,
+                      transactional_id_prefix=f"eightbox-{name}-{RUN}")
+
+
 @pytest.fixture(scope="module")
 def job(flink, stack_settings):
-    opts = JobOptions(kafka_servers=stack_settings.kafka_servers, out_of_orderness_s=BOUND_S, idle_timeout_s=15.0,
-                      checkpoint_interval_s=2.0, group_id=f"flink-test-{RUN}",
-                      transactional_id_prefix=f"eightbox-test-{RUN}")
+    opts = job_options(stack_settings, "test")
     job_id = control.start(stack_settings, opts=opts)
     control.wait_state(stack_settings, job_id, {"RUNNING"}, timeout=60)
     state = {"job_id": job_id, "opts": opts}
@@ -112,9 +119,15 @@ def advance(pub: Published, t: datetime, n: int = 36):
 def read_topic(settings, topic: str) -> list[dict]:
     consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_servers, auto_offset_reset="earliest",
                              enable_auto_commit=False, isolation_level="read_committed",
-                             consumer_timeout_ms=1500, value_deserializer=json.loads)
+                             consumer_timeout_ms=1500)
     try:
-        return [m.value for m in consumer]
+        out = []
+        for m in consumer:
+            try:  # the pusher's tests put malformed records on this topic on purpose; they are not ours
+                out.append(json.loads(m.value))
+            except ValueError:
+                continue
+        return out
     finally:
         consumer.close()
 
@@ -225,8 +238,11 @@ def test_windows_match_reference_with_dedupe_out_of_order_and_late(stack_setting
     assert_exact(emitted(stack_settings, since=B - timedelta(hours=1)), want)  # the late click changed nothing
 
 
-@pytest.mark.skip(reason="known defect (issue 3): after SIGKILL + restart from the checkpoint some replayed "
-                  "impressions are under-counted (every window emitted once, clicks exact); being fixed")
+@pytest.mark.skip(reason="known defect (issue 3), flaky: Flink's SourceReaderBase creates a split's watermark "
+                  "output only when that split emits its first record, so after a restore (watermark not "
+                  "checkpointed) the source watermark is the min over the partitions read so far; a periodic "
+                  "watermark emitted after some partitions' replay (up to the advance events) and before the "
+                  "others' makes their replayed events late (split to LATE_EVENTS, not counted). Fix pending.")
 def test_sigkill_and_restart_from_checkpoint_loses_and_duplicates_nothing(stack_settings, flink, job, pub):
     deadline = time.monotonic() + 60
     while control.status(stack_settings, job["job_id"]).get("checkpoints_completed", 0) < 3:
@@ -264,5 +280,11 @@ def test_sigkill_and_restart_from_checkpoint_loses_and_duplicates_nothing(stack_
         late = [r for r in read_topic(stack_settings, LATE_EVENTS.name) if r["event_id"] in ids]
         raise AssertionError(f"{e}; {len(late)} of this phase's events went to LATE_EVENTS, "
                              f"e.g. {late[:2]}") from None
-    assert_exact(got, want)
+    try:
+        assert_exact(got, want)
+    except AssertionError as e:
+        ids = {ev.event_id for ev in first + second}
+        late = [r for r in read_topic(stack_settings, LATE_EVENTS.name) if r["event_id"] in ids]
+        raise AssertionError(f"{e}; {len(late)} of this phase's events went to LATE_EVENTS "
+                             f"({Counter(r['event_type'] for r in late)}), e.g. {late[:2]}") from None
     assert control.status(stack_settings, new_id)["state"] == "RUNNING"
