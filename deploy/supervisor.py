@@ -118,8 +118,8 @@ class Supervisor:
                 raise StackError(f"{spec.name} exited with code {proc.returncode} while starting; "
                                  f"see {self.run_dir / 'logs' / (spec.name + '.log')}")
             if spec.healthy():
-                progress(f"{spec.name}: healthy on port {spec.port} (pid {proc.pid}, "
-                         f"{time.monotonic() - started:.1f} s)")
+                where = f"on port {spec.port} " if spec.port else ""
+                progress(f"{spec.name}: healthy {where}(pid {proc.pid}, {time.monotonic() - started:.1f} s)")
                 return
             time.sleep(0.3)
         self.stop(spec.name)

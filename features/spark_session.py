@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -21,13 +22,14 @@ from eightbox.settings import Settings
 
 SHUFFLE_PARTITIONS = 4
 LOG_LEVEL = "ERROR"
+LOG_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "spark-log4j2.properties"
 
 
 def _conf(settings: Settings) -> dict[str, str]:
     return {
         "spark.driver.memory": settings.spark_driver_memory,
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG_CONFIG}",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
@@ -49,6 +51,8 @@ def spark_session(settings: Settings, app_name: str = "eightbox-backfill") -> Sp
     session of this process if there is one (Spark allows one per JVM); the caller may `stop()` it."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if settings.spark_master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no guessing at interfaces
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
     for key, value in _conf(settings).items():
         builder = builder.config(key, value)
