@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import signal
 import sys
 import threading
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,9 @@ from typing import Optional
 import typer
 
 from eightbox.settings import Settings
+
+# kafka-python 3.0 loads its protocol schemas through importlib.resources' legacy API
+warnings.filterwarnings("ignore", message="(read|open)_text is deprecated", category=DeprecationWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Eightbox: an end-to-end recommender platform on one machine.")
