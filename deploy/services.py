@@ -105,7 +105,10 @@ def _cluster_id(root: Path) -> str:
         # Kafka wants a base64 UUID; 22 url-safe characters of a random UUID is that form.
         import base64
 
-        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # Kafka's own rule: a leading '-' reads as a CLI flag
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        path.write_text(cluster_id)
     return path.read_text().strip()
 
 

@@ -45,3 +45,9 @@ def test_down_never_stops_a_process_it_did_not_start(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash(tmp_path):
+    # A leading '-' makes Kafka's storage tool read the id as a flag (1 in 64 random ids did).
+    ids = [services._cluster_id(tmp_path / str(i)) for i in range(400) if (tmp_path / str(i)).mkdir() is None]
+    assert len(set(ids)) == 400 and not any(i.startswith("-") for i in ids)
