@@ -8,12 +8,10 @@ archiver process consumes, converts and fsyncs Parquet); Kafka's tool only produ
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -77,9 +75,7 @@ def _measure(settings: Settings, quick: bool, started: float) -> dict:
     _, events = simulation_events(hours=hours, seed=11)
     n = len(events)
     mean_size = sum(len(to_wire(e)) for e in events[:: max(1, n // 2000)]) / len(events[:: max(1, n // 2000)])
-    env = {**os.environ, "EIGHTBOX_HOME": str(settings.home),
-           "EIGHTBOX_ARCHIVER_GROUP": settings.archiver_group, "EIGHTBOX_KAFKA_PORT": str(settings.kafka_port),
-           "EIGHTBOX_KAFKA_BOOTSTRAP": settings.kafka_servers}
+    env = {**settings.child_env(), "EIGHTBOX_KAFKA_BOOTSTRAP": settings.kafka_servers}
     archiver = subprocess.Popen([sys.executable, "-m", "eightbox.cli", "archive"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(3)  # let the archiver join its group, so the clock measures the pipeline, not a join

@@ -38,18 +38,6 @@ def heartbeat_path(settings: Settings) -> Path:
     return settings.run_dir / "pusher.heartbeat"
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """`settings` as the EIGHTBOX_* environment a child process rebuilds the same Settings from."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"EIGHTBOX_{name.upper()}"] = str(value)
-    return env
-
-
 def heartbeat(settings: Settings) -> dict | None:
     """The pusher's last heartbeat ({time, pid, assigned, pushed}), or None."""
     try:
@@ -80,7 +68,7 @@ def pusher(settings: Settings) -> ServiceSpec:
                 "--heartbeat", str(heartbeat_path(settings))]
 
     # No listening port: 0 (binding port 0 always succeeds, so the supervisor's port check passes).
-    return ServiceSpec(NAME, 0, command, healthy, prepare, env=settings_env(settings))
+    return ServiceSpec(NAME, 0, command, healthy, prepare, env=settings.child_env({}))
 
 
 def stack_services(settings: Settings, with_pusher: bool = True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +124,18 @@ class Settings(BaseSettings):
     @property
     def lake_dir(self) -> Path:
         return self.home / "lake"
+
+    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """An environment from which a child process rebuilds these same Settings: `base` (default:
+        this process's environment) without its EIGHTBOX_* variables, plus every set field."""
+        import os
+
+        env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("EIGHTBOX_")}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                value = value.get_secret_value() if isinstance(value, SecretStr) else value
+                env[f"EIGHTBOX_{name.upper()}"] = str(value)
+        return env
 
     @property
     def features_dir(self) -> Path:

@@ -14,7 +14,6 @@ These are the functions behind `eightbox features stream start|stop|status`:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -64,12 +63,9 @@ def find_job(settings: Settings, active_only: bool = True) -> str | None:
 
 
 def _job_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EIGHTBOX_")}
     url = rest_url(settings).removeprefix("http://")
-    env.update({"EIGHTBOX_KAFKA_BOOTSTRAP": settings.kafka_servers, "EIGHTBOX_FLINK_JOBMANAGER": url,
-                "EIGHTBOX_JARS_DIR": str(settings.jars_dir), "EIGHTBOX_HOME": str(settings.home),
-                "EIGHTBOX_ENV": settings.env})
-    return env
+    return {**settings.child_env(), "EIGHTBOX_KAFKA_BOOTSTRAP": settings.kafka_servers,
+            "EIGHTBOX_FLINK_JOBMANAGER": url}
 
 
 def start(settings: Settings, restore: str | None = None, opts: JobOptions | None = None,

@@ -53,15 +53,5 @@ def lake_settings(stack, stack_settings, tmp_path) -> Settings:
     return stack_settings.model_copy(update={"home": tmp_path, "archiver_group": f"archiver-{uuid.uuid4().hex[:8]}"})
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process (an `eightbox` command) the same settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EIGHTBOX_")}
-    for name in ("home", "kafka_port", "kafka_controller_port", "redis_port", "mlflow_port", "archiver_group",
-                 "flink_rest_port", "flink_rpc_port",
-                 "archiver_flush_records", "archiver_flush_seconds", "jars_dir", "env"):
-        env[f"EIGHTBOX_{name.upper()}"] = str(getattr(settings, name))
-    return env
-
-
 def eightbox_bin() -> str:
     return str(Path(os.sys.executable).with_name("eightbox"))

@@ -14,7 +14,7 @@ from eightbox.ingest import lake
 from eightbox.ingest.producer import EventProducer
 from eightbox.ingest.schema import EVENT_TYPES
 
-from .conftest import eightbox_bin, settings_env
+from .conftest import eightbox_bin
 from .events import click_stream
 
 N = 100_000
@@ -32,7 +32,7 @@ def _lake_ids(settings) -> Counter:
 
 
 def _archiver(settings, log) -> subprocess.Popen:
-    return subprocess.Popen([eightbox_bin(), "archive", "--idle-exit", "6"], env=settings_env(settings),
+    return subprocess.Popen([eightbox_bin(), "archive", "--idle-exit", "6"], env=settings.child_env(),
                             stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -146,3 +146,13 @@ def test_every_settings_field_has_a_docstring():
                 undocumented.append(stmt.target.id)
     assert undocumented == []
     assert documented == set(Settings.model_fields)  # the parse saw every field, and only fields
+
+
+def test_child_env_rebuilds_the_same_settings_in_another_process(tmp_path):
+    from eightbox.settings import Settings
+
+    original = Settings(home=tmp_path / "h", kafka_port=31000, pii_key="k", archiver_group="g")
+    env = original.child_env({"PATH": "/bin", "EIGHTBOX_REDIS_PORT": "1"})
+    assert env["PATH"] == "/bin" and env["EIGHTBOX_PII_KEY"] == "k"
+    rebuilt = Settings(**{k.removeprefix("EIGHTBOX_").lower(): v for k, v in env.items() if k.startswith("EIGHTBOX_")})
+    assert rebuilt == original, "a stale EIGHTBOX_ variable of the parent must not leak through"
