@@ -76,6 +76,7 @@ def start(settings: Settings, restore: str | None = None, opts: JobOptions | Non
     opts = opts or JobOptions(kafka_servers=settings.kafka_servers)
     cmd = [sys.executable, "-m", "eightbox.features.stream.job",
            "--out-of-orderness-s", str(opts.out_of_orderness_s), "--idle-timeout-s", str(opts.idle_timeout_s),
+           "--items-idle-timeout-s", str(opts.items_idle_timeout_s),
            "--checkpoint-interval-s", str(opts.checkpoint_interval_s), "--startup-mode", opts.startup_mode,
            "--group-id", opts.group_id, "--transactional-id-prefix", opts.transactional_id_prefix,
            *(["--startup-timestamp-ms", str(opts.startup_timestamp_ms)] if opts.startup_timestamp_ms else [])]

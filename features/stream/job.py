@@ -29,7 +29,7 @@ def table_environment(settings: Settings, opts: JobOptions, restore: str | None 
         "pipeline.name": JOB_NAME,
         "pipeline.jars": connector_jar(settings).as_uri(),
         "table.local-time-zone": "UTC",  # window ends on multiples of the slide from the epoch
-        "table.exec.source.idle-timeout": f"{int(opts.idle_timeout_s * 1000)} ms",
+        # sources set their own 'scan.watermark.idle-timeout' (events long, items short)
         "execution.checkpointing.interval": f"{int(opts.checkpoint_interval_s * 1000)} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--print-sql", action="store_true", help="print the generated SQL and exit")
     p.add_argument("--out-of-orderness-s", type=float, default=JobOptions.out_of_orderness_s)
     p.add_argument("--idle-timeout-s", type=float, default=JobOptions.idle_timeout_s)
+    p.add_argument("--items-idle-timeout-s", type=float, default=JobOptions.items_idle_timeout_s)
     p.add_argument("--checkpoint-interval-s", type=float, default=JobOptions.checkpoint_interval_s)
     p.add_argument("--startup-mode", default=JobOptions.startup_mode)
     p.add_argument("--startup-timestamp-ms", type=int, default=None)
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     settings = get_settings()
     opts = JobOptions(kafka_servers=settings.kafka_servers, out_of_orderness_s=a.out_of_orderness_s,
-                      idle_timeout_s=a.idle_timeout_s, checkpoint_interval_s=a.checkpoint_interval_s,
+                      idle_timeout_s=a.idle_timeout_s, items_idle_timeout_s=a.items_idle_timeout_s,
+                      checkpoint_interval_s=a.checkpoint_interval_s,
                       startup_mode=a.startup_mode, startup_timestamp_ms=a.startup_timestamp_ms,
                       group_id=a.group_id, transactional_id_prefix=a.transactional_id_prefix,
                       exactly_once=not a.at_least_once)

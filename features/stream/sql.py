@@ -4,8 +4,12 @@ Pipeline (all per-event work stays in the JVM; Python only builds and submits th
 
 1. **Sources**: one Kafka table per event topic (``ingest.schema.TOPICS``), JSON, with
    ``event_time`` parsed as ``TIMESTAMP_LTZ(3)`` (ISO-8601, 'Z') and an event-time watermark of
-   bounded out-of-orderness (``out_of_orderness_s``, default 2 s). Partitions that stay silent for
-   ``idle_timeout_s`` are marked idle so that they do not hold the watermark back.
+   bounded out-of-orderness (``out_of_orderness_s``, default 2 s). An event partition that stays
+   silent for ``idle_timeout_s`` (default 5 min) is marked idle so that a dead partition cannot stall
+   the features; the sparse items topic uses ``items_idle_timeout_s`` (10 s). The event timeout is long
+   on purpose: when an idle partition wakes up, its records already behind the watermark that the
+   busy partitions moved are late, so a short timeout turns every burst after a pause into late
+   events (seen in the restart test before the split: 10 of 300 events late).
 2. **Late events**: a row with ``event_time < CURRENT_WATERMARK(event_time)`` (later than the
    allowed lateness) is written to ``LATE_EVENTS`` with its Kafka position; every other row goes on.
    The window operators downstream can never drop an event this filter let through (a window
@@ -75,7 +79,8 @@ JOB_NAME = "eightbox-features-stream"
 class JobOptions:
     kafka_servers: str
     out_of_orderness_s: float = 2.0
-    idle_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0  # event topics: only a dead partition should be skipped
+    items_idle_timeout_s: float = 10.0  # item publications are sparse; the temporal join must not wait
     dedup_window_s: int = 10
     checkpoint_interval_s: float = 5.0
     group_id: str = "eightbox-flink-features"
@@ -105,7 +110,7 @@ def _seconds(seconds: float) -> str:
     return f"INTERVAL '{seconds:g}' SECOND"
 
 
-def _kafka_source(opts: JobOptions, topic: str) -> str:
+def _kafka_source(opts: JobOptions, topic: str, idle_timeout_s: float) -> str:
     return (f"'connector' = 'kafka', 'topic' = '{topic}', "
             f"'properties.bootstrap.servers' = '{opts.kafka_servers}', "
             f"'properties.group.id' = '{opts.group_id}', "
@@ -115,7 +120,7 @@ def _kafka_source(opts: JobOptions, topic: str) -> str:
             "'properties.auto.offset.reset' = 'earliest', "
             "'format' = 'json', 'json.ignore-parse-errors' = 'true', "
             "'json.timestamp-format.standard' = 'ISO-8601', "
-            f"'scan.watermark.idle-timeout' = '{int(opts.idle_timeout_s * 1000)} ms'")
+            f"'scan.watermark.idle-timeout' = '{int(idle_timeout_s * 1000)} ms'")
 
 
 def _kafka_sink(opts: JobOptions, topic: str, key_field: str, suffix: str) -> str:
@@ -185,7 +190,8 @@ def statements(opts: JobOptions) -> tuple[list[str], list[str]]:
     # --- sources, late split, dedupe ------------------------------------------------------------
     for et in streamed_event_types():
         ddl.append(f"CREATE TABLE src_{et} (event_id STRING, event_type STRING, event_time TIMESTAMP_LTZ(3), "
-                   f"user_id STRING, item_id STRING, {meta}, {wm}) WITH ({_kafka_source(opts, TOPICS[et].name)})")
+                   f"user_id STRING, item_id STRING, {meta}, {wm}) WITH "
+                   f"({_kafka_source(opts, TOPICS[et].name, opts.idle_timeout_s)})")
         late.append(
             f"SELECT event_id, event_id, COALESCE(event_type, '{et}'), event_time, user_id, "
             f"item_id, src_topic, src_partition, src_offset, CURRENT_WATERMARK(event_time) FROM src_{et} "
@@ -202,7 +208,7 @@ def statements(opts: JobOptions) -> tuple[list[str], list[str]]:
     if needs_items:
         ddl.append(f"CREATE TABLE src_items (event_id STRING, event_time TIMESTAMP_LTZ(3), item_id STRING, "
                    f"category STRING, creator_id STRING, {wm}) WITH "
-                   f"({_kafka_source(opts, TOPICS[ITEMS_EVENT].name)})")
+                   f"({_kafka_source(opts, TOPICS[ITEMS_EVENT].name, opts.items_idle_timeout_s)})")
         ddl.append("CREATE VIEW items_versioned AS SELECT item_id, category, creator_id, event_time FROM ("
                    "SELECT *, ROW_NUMBER() OVER (PARTITION BY item_id ORDER BY event_time DESC) AS rn "
                    "FROM src_items WHERE item_id IS NOT NULL AND event_time IS NOT NULL) WHERE rn = 1")
