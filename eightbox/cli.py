@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import logging
 from contextlib import contextmanager
 import signal
@@ -262,6 +264,46 @@ def bench_ingest(quick: bool = typer.Option(False, help="Under two minutes.")) -
     from eightbox.bench.ingest import run
 
     run(_settings(), quick=quick)
+
+
+@app.command()
+def train(promote: str = typer.Option("if-first", help="never | if-first (no champion yet) | if-gate."),
+          epochs: int = typer.Option(8, help="Two-tower epochs.")) -> None:
+    """Lake → dataset → two-tower + index → calibrated ranker → evaluation → MLflow registry."""
+    from eightbox.training.pipeline import TrainConfig, train as run_training
+
+    with _one_line_errors():
+        result = run_training(_settings(), TrainConfig(promote=promote, tower_epochs=epochs))
+    verdict = "passed" if result.gate_passed else "refused: " + "; ".join(result.gate_reasons)
+    typer.echo(f"registered version {result.version} (run {result.run_id}); gate {verdict}; "
+               f"aliases {', '.join(result.aliases) or 'none'}; {result.seconds['total']:.0f} s")
+
+
+@bench_app.command("quality")
+def bench_quality(dataset: str = typer.Option("simulator", help="simulator | movielens-100k"),
+                  quick: bool = typer.Option(False, help="A smaller world, fewer epochs.")) -> None:
+    """Two-tower recall / NDCG beside popularity, random, ItemKNN and the oracle (simulator)."""
+    from eightbox.training.quality import run
+
+    with _one_line_errors():
+        typer.echo(json.dumps(run(dataset, quick=quick)))
+
+
+@bench_app.command("ann")
+def bench_ann(quick: bool = typer.Option(False, help="100k vectors only.")) -> None:
+    """The chosen FAISS index vs exact search: recall@10/100 and queries per second."""
+    from eightbox.retrieval.bench_ann import run
+
+    typer.echo(json.dumps(run(quick=quick)))
+
+
+@bench_app.command("train")
+def bench_train(quick: bool = typer.Option(False, help="Smaller inputs.")) -> None:
+    """Seconds per two-tower epoch and XGBoost ranker training seconds on 1M rows."""
+    from eightbox.ranking.bench_train import run as ranker_run
+    from eightbox.training.bench_tower import run as tower_run
+
+    typer.echo(json.dumps({"two_tower": tower_run(quick=quick), "ranker": ranker_run(quick=quick)}))
 
 
 @app.command()

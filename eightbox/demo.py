@@ -47,6 +47,15 @@ def _trace_one_click(settings: Settings, events: list) -> None:
 SIM_START = datetime(2024, 1, 1, tzinfo=timezone.utc)  # the simulator's clock starts here (SimConfig)
 
 
+def demo_job_options(settings: Settings):
+    """The demo publishes hours of simulated traffic in seconds and then stops, so each partition's
+    last event of the stretch comes early in wall time: a 10 s idle timeout (the production default
+    waits 5 minutes, see `features.stream.sql`) lets the last windows close before the demo moves on."""
+    from eightbox.features.stream.sql import JobOptions
+
+    return JobOptions(kafka_servers=settings.kafka_servers, idle_timeout_s=10.0)
+
+
 def _ensure_stream_job(settings: Settings) -> str:
     """The Flink feature job: the running one, else resumed from its newest retained checkpoint or
     savepoint (nothing recounted), else started from the earliest offsets."""
@@ -59,7 +68,7 @@ def _ensure_stream_job(settings: Settings) -> str:
     restore = control.latest_checkpoint(settings)
     t = time.monotonic()
     print(f"flink feature job: submitting{' from ' + restore if restore else ''} ...", flush=True)
-    job_id = control.start(settings, restore=restore)
+    job_id = control.start(settings, restore=restore, opts=demo_job_options(settings))
     control.wait_state(settings, job_id, {"RUNNING"}, timeout=90)
     print(f"flink feature job: running ({job_id}, {time.monotonic() - t:.1f} s)")
     return job_id
@@ -85,9 +94,8 @@ def _watch_streaming_features(settings: Settings, job_id: str, events: list, day
     through the day just published."""
     from eightbox.deploy.pusher_service import heartbeat
     from eightbox.features.online import OnlineReader
-    from eightbox.features.stream.sql import JobOptions
 
-    opts = JobOptions(kafka_servers=settings.kafka_servers)
+    opts = demo_job_options(settings)
     print(f"  Flink SQL job {job_id}: HOP windows (15 min items, 30 min user×category, 1 min slide), "
           f"watermark = event time − {opts.out_of_orderness_s:g} s, exactly-once → eightbox.feature-updates")
     beat = heartbeat(settings) or {}
@@ -155,6 +163,28 @@ def _backfill_and_materialize(settings: Settings, first_day: date, last_day: dat
     daily = ["user_daily", "user_category_daily", "item_daily", "creator_daily"]
     feature_store.materialize(settings, end - timedelta(days=31), end, views=daily)
     print(f"  Feast: materialized {', '.join(daily)} up to {end:%Y-%m-%d %H:%M}Z ({time.monotonic() - t:.0f} s)")
+
+
+def _train(settings: Settings, quick: bool):
+    """The training pipeline on everything the lake holds (see `training.pipeline`)."""
+    from eightbox.training.pipeline import TrainConfig, train
+
+    t = time.monotonic()
+    result = train(settings, TrainConfig(tower_epochs=4 if quick else 8), progress=lambda m: print(m, flush=True))
+    print(f"  trained in {time.monotonic() - t:.0f} s ({', '.join(f'{k} {v:g} s' for k, v in result.seconds.items())})")
+    return result
+
+
+def _show_registry(settings: Settings, result) -> None:
+    print(f"  MLflow run {result.run_id} → registered model eightbox-recommender version {result.version}")
+    print(f"  dataset: {result.dataset}")
+    if result.gate_passed:
+        print(f"  offline gate passed; aliases now on this version: {', '.join(result.aliases) or 'none'}")
+    else:
+        print("  offline gate refused it:")
+        for reason in result.gate_reasons:
+            print(f"    - {reason}")
+    print(f"  browse: {settings.mlflow_uri}/#/models/eightbox-recommender")
 
 
 def _read_online(settings: Settings, events: list) -> None:
@@ -232,9 +262,10 @@ def run_demo(settings: Settings, quick: bool = False) -> None:
     last_day = (day_end - timedelta(microseconds=1)).date()
     _backfill_and_materialize(settings, day_start.date(), last_day)
 
-    for box in BOXES[3:5]:
-        header(*box)
-        print("  not built yet — see `issues`")
+    header(*BOXES[3])
+    result = _train(settings, quick)
+    header(*BOXES[4])
+    _show_registry(settings, result)
 
     header(*BOXES[5])
     _read_online(settings, events)

@@ -36,7 +36,7 @@ import xgboost as xgb
 
 from .calibration import Calibrator, choose_calibrator, expected_calibration_error, log_loss
 
-LABELS: dict[str, str] = {"click": "clicked", "engaged": "engaged", "value": "value"}  # head -> label column
+LABELS: dict[str, str] = {"click": "click", "engaged": "engaged", "value": "value"}  # head -> label column
 OUTPUTS: dict[str, str] = {"click": "p_click", "engaged": "p_engaged", "value": "value"}  # head -> predict column
 BINARY_HEADS = ("click", "engaged")
 DEFAULT_PARAMS: dict[str, Any] = {

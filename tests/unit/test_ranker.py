@@ -39,8 +39,8 @@ def logged_impressions(n: int = 40_000, seed: int = 0) -> pd.DataFrame:
     base = -1.5 + 1.5 * df.relevance + 0.5 * df.quality - 0.5 * df.freshness
     df["p_true"] = sigmoid(base - 0.8 * np.log1p(df.position))
     df["p_true_top"] = sigmoid(base)  # the same impression had it been shown at position 0
-    df["clicked"] = (rng.random(n) < df.p_true).astype(float)
-    df["engaged"] = df.clicked * (rng.random(n) < sigmoid(-0.3 + df.relevance))
+    df["click"] = (rng.random(n) < df.p_true).astype(float)
+    df["engaged"] = df.click * (rng.random(n) < sigmoid(-0.3 + df.relevance))
     df["value"] = df.engaged * np.clip(0.4 + 0.2 * df.relevance + 0.1 * rng.normal(size=n), 0.01, 1.0)
     df.loc[rng.random(n) < 0.1, "quality"] = np.nan
     return df
@@ -71,13 +71,13 @@ def test_a_known_logistic_model_with_position_bias_is_learned_and_calibrated_on_
     best_auc = m["click"]["auc"]
     from sklearn.metrics import roc_auc_score
 
-    assert best_auc > 0.75 and best_auc > roc_auc_score(test.clicked, test.p_true) - 0.01
+    assert best_auc > 0.75 and best_auc > roc_auc_score(test.click, test.p_true) - 0.01
     assert m["click"]["ece"] <= 0.02 and m["engaged"]["ece"] <= 0.02
     assert set(ranker.heads) == {"click", "engaged", "value"}
     # Served at position 0, p_click estimates the position-0 probability, not the logged average.
     served = ranker.predict(test)["p_click"]
     assert abs(served.mean() - test.p_true_top.mean()) < 0.015
-    assert served.mean() > test.clicked.mean() + 0.05
+    assert served.mean() > test.click.mean() + 0.05
 
 
 def test_metrics_report_auc_log_loss_and_ece_per_head_before_and_after_calibration(ranker, data):
@@ -157,7 +157,7 @@ def test_same_seed_gives_the_same_model_and_another_seed_another():
 
 def test_heads_are_trained_only_for_the_labels_the_data_has():
     train, valid, test = by_time(logged_impressions(6_000, seed=6))
-    keep = ["hour", *FEATURES, "position", "clicked"]
+    keep = ["hour", *FEATURES, "position", "click"]
     r = MultiTaskRanker(seed=0, nthread=1, num_boost_round=60).fit(train[keep], valid[keep], FEATURES)
     assert r.heads == ["click"] and list(r.predict(test).columns) == ["p_click"]
     with pytest.raises(ValueError):
@@ -231,7 +231,7 @@ def simulator_rows(seed: int = 11, hours: float = 24.0) -> pd.DataFrame:
             due.append(e)
     df = pd.DataFrame(rows, columns=["request_id", "item_id", "hour", "position", *SIM_FEATURES])
     keys = list(zip(df.request_id, df.item_id))
-    df["clicked"] = [float(k in clicked) for k in keys]
+    df["click"] = [float(k in clicked) for k in keys]
     df["engaged"] = [float(k in engaged) for k in keys]
     df["value"] = [engaged.get(k, 0.0) for k in keys]
     return df
@@ -240,12 +240,12 @@ def simulator_rows(seed: int = 11, hours: float = 24.0) -> pd.DataFrame:
 def test_on_simulated_traffic_calibrated_click_ece_is_under_0_02_on_a_later_window_and_below_raw():
     df = simulator_rows()
     train, valid, test = by_time(df)
-    assert len(test) > 10_000 and test.clicked.sum() > 1_000  # enough rows for a stable ECE
+    assert len(test) > 10_000 and test.click.sum() > 1_000  # enough rows for a stable ECE
     r = MultiTaskRanker(seed=0, nthread=1).fit(train, valid, SIM_FEATURES, monotone={"position": -1})
     m = r.metrics(test)["click"]
     assert m["auc"] > 0.7
     assert m["ece"] <= 0.02
     assert m["ece"] < m["ece_raw"]
     served = r.predict(test)["p_click"]
-    assert served.mean() > test.clicked.mean()  # scored at the top position, above the logged rate
-    assert expected_calibration_error(test.clicked, r.predict(test, position="logged")["p_click"]) == m["ece"]
+    assert served.mean() > test.click.mean()  # scored at the top position, above the logged rate
+    assert expected_calibration_error(test.click, r.predict(test, position="logged")["p_click"]) == m["ece"]

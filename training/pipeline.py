@@ -1,0 +1,217 @@
+"""`eightbox train`: lake → point-in-time dataset → two-tower + ANN index → calibrated ranker →
+evaluation beside baselines → bundle → MLflow run, registered version, gate, aliases.
+
+One function, `train(settings, config)`, wires the stages; each stage lives in its own module.
+Examples come from the impressions serving logged (with the features it scored) when there are
+any, else (cold start) from the lake's impressions with Feast point-in-time features. The split is
+temporal: the two-tower learns from interactions before the validation window, the ranker from the
+train window (early stopping and calibration on validation), and every reported figure is on the
+test window, which comes strictly after both.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eightbox.settings import Settings
+
+Progress = Callable[[str], None]
+
+# Relevance features whose rise must never lower a score (checked by the ranker's behaviour tests).
+MONOTONE = {"uc_affinity_30d": 1, "uc_clicks_30m": 1, "uc_engagements_7d": 1, "uc_engagements_30d": 1}
+
+
+def default_thresholds():
+    from eightbox.training.gate import GateThresholds
+
+    return GateThresholds(
+        floors={"click_auc": 0.55},
+        ceilings={"click_ece": 0.05},
+        max_drop={"click_auc": 0.02, "two_tower_recall_at_100": 0.10},
+        max_rise={"click_logloss": 0.05},
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    as_of: datetime | None = None  # build time; default: the newest event in the lake
+    label_delay: timedelta = timedelta(hours=2)  # impressions younger than this are not labelled yet
+    attribution_window: timedelta = timedelta(hours=1)  # a click later than this after the impression is not its label
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # of the time span: train / valid / test
+    feature_service: str = "ranker_v1"
+    tower_epochs: int = 8
+    tower_dim: int = 32
+    ranker_rounds: int = 300
+    seed: int = 0
+    experiment: str = "eightbox-training"
+    promote: str = "if-first"  # "never" | "if-first" (no champion yet) | "if-gate" (challenger → champion)
+    thresholds: object = field(default_factory=default_thresholds)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    version: str
+    dataset: str
+    metrics: dict
+    gate_passed: bool
+    gate_reasons: list[str]
+    aliases: list[str]
+    seconds: dict
+
+
+def _lake(settings: Settings) -> dict[str, pd.DataFrame]:
+    from eightbox.ingest.lake import read_events
+
+    out = {}
+    for et in ("impression_served", "item_clicked", "item_engaged", "item_published"):
+        df = read_events(settings.lake_dir, et).to_pandas()
+        df["event_time"] = pd.to_datetime(df["event_time"], utc=True)
+        df["event_type"] = et
+        out[et] = df
+    if out["impression_served"].empty:
+        raise RuntimeError(f"no impressions in the lake at {settings.lake_dir}: run traffic first (`make demo`)")
+    return out
+
+
+def _examples(settings: Settings, lake: dict[str, pd.DataFrame], cfg: TrainConfig, as_of: datetime):
+    from eightbox.training import examples, labels
+
+    logged = lake["impression_served"]["features"].map(lambda f: bool(f) if f is not None else False)
+    if logged.any():
+        frames = {k: v for k, v in lake.items()}
+        return "logged", examples.from_logged_impressions(
+            frames, as_of=as_of, label_delay=cfg.label_delay, attribution_window=cfg.attribution_window,
+            feature_service=cfg.feature_service)
+    labelled = labels.attach_labels(lake["impression_served"], lake["item_clicked"], lake["item_engaged"],
+                                    cfg.attribution_window, as_of, cfg.label_delay)
+    return "point_in_time", examples.from_events_point_in_time(
+        settings, labelled, cfg.feature_service, items=lake["item_published"])
+
+
+def _flat(prefix: str, report: dict) -> dict[str, float]:
+    out = {}
+    for name, values in report.items():
+        for metric, v in values.items():
+            if isinstance(v, (int, float)) and np.isfinite(v):
+                out[f"{prefix}{name}_{metric}".replace("@", "_at_")] = float(v)
+    return out
+
+
+def train(settings: Settings, config: TrainConfig | None = None, progress: Progress = print) -> TrainResult:
+    """Run the whole training pipeline once; returns what was registered and how it was judged."""
+    from eightbox.ranking.multitask import MultiTaskRanker
+    from eightbox.ranking.value import value_score
+    from eightbox.retrieval.ann_index import AnnIndex
+    from eightbox.training import registry, splits
+    from eightbox.training.bundle import save_component, write_bundle
+    from eightbox.training.datasets import load_dataset, write_dataset
+    from eightbox.training.evaluate import funnel_ndcg, retrieval_quality
+    from eightbox.training.interactions import interactions_from_events, items_from_events
+    from eightbox.training.reference import training_reference
+    from eightbox.training.two_tower import TwoTower, TwoTowerConfig
+
+    cfg, seconds = config or TrainConfig(), {}
+    t0 = time.monotonic()
+
+    def stage(name: str) -> None:
+        now = time.monotonic()
+        seconds[name] = round(now - stage.last, 1)
+        stage.last = now
+    stage.last = t0
+
+    lake = _lake(settings)
+    as_of = pd.Timestamp(cfg.as_of) if cfg.as_of else max(lake[k]["event_time"].max() for k in lake)
+    source, examples = _examples(settings, lake, cfg, as_of)
+    windows = splits.by_fractions(examples["event_time"], cfg.fractions)
+    parts = splits.split(examples, windows)
+    features = [c for c in examples.columns if c in set(_service(cfg.feature_service))]
+    path = write_dataset(parts, "ranker-examples", settings=settings, windows=windows,
+                         feature_columns=features, feature_service=cfg.feature_service,
+                         label_delay=cfg.label_delay, attribution_window=cfg.attribution_window, source=source)
+    data = load_dataset(path)
+    train_df, valid_df, test_df = data.train, data.valid, data.test
+    progress(f"  dataset {data.manifest['name']} v{data.manifest['version']} ({source} features): "
+             f"{len(train_df)} train / {len(valid_df)} valid / {len(test_df)} test rows, "
+             f"{len(features)} features, as of {as_of:%Y-%m-%d %H:%M}")
+    stage("dataset")
+
+    # --- retrieval: the towers learn from everything before the validation window -------------
+    events = pd.concat([lake["item_clicked"], lake["item_engaged"]], ignore_index=True)
+    inter = interactions_from_events(events)
+    inter = inter[inter["event_time"] <= as_of]
+    items = items_from_events(lake["item_published"])
+    tower_train = inter[inter["event_time"] < windows.valid.start]
+    tower_test = inter[(inter["event_time"] >= windows.test.start) & (inter["event_time"] < windows.test.end)]
+    tower = TwoTower.fit(tower_train, items, TwoTowerConfig(dim=cfg.tower_dim, epochs=cfg.tower_epochs,
+                                                            seed=cfg.seed),
+                         progress=lambda s: progress(f"  two-tower epoch {s.epoch}/{s.epochs}: loss {s.loss:.3f} "
+                                                     f"({s.seconds:.1f} s)"))
+    ids, vectors = tower.item_embeddings(items)
+    index = AnnIndex.build(ids, vectors, encoder_version=tower.encoder_version)
+    retrieval = retrieval_quality(tower, index, tower_train, tower_test, ids, windows.test.start)
+    progress(f"  index {index.metadata.get('index_type')} over {len(ids)} items; test recall@100: two-tower "
+             f"{retrieval['two_tower']['recall@100']:.3f}, popularity {retrieval['popularity']['recall@100']:.3f}, "
+             f"random {retrieval['random']['recall@100']:.3f} ({retrieval['users']['evaluated']} users)")
+    stage("retrieval")
+
+    # --- ranking: train window, early stopping and calibration on validation --------------------
+    ranker = MultiTaskRanker(num_boost_round=cfg.ranker_rounds, seed=cfg.seed)
+    ranker.fit(train_df, valid_df, features, monotone={f: s for f, s in MONOTONE.items() if f in features})
+    heads = ranker.metrics(test_df)
+    pred = ranker.predict(test_df)
+    popularity = test_df["item_clicks_7d"].fillna(0).to_numpy() if "item_clicks_7d" in test_df else \
+        np.zeros(len(test_df))
+    funnel = funnel_ndcg(test_df, {"ranker": value_score(pred), "popularity": popularity}, seed=cfg.seed)
+    click = heads["click"]
+    progress(f"  ranker heads {ranker.heads}: click AUC {click['auc']:.3f}, ECE {click.get('ece_raw', float('nan')):.4f}"
+             f" → {click['ece']:.4f} calibrated ({click.get('method', '?')}); slate NDCG@10 ranker "
+             f"{funnel['ranker']:.3f} vs popularity {funnel['popularity']:.3f} vs random {funnel['random']:.3f}")
+    stage("ranking")
+
+    # --- bundle, reference, registry ------------------------------------------------------------
+    metrics = {**_flat("", {k: v for k, v in retrieval.items() if k != "users"}),
+               **_flat("", {h: m for h, m in heads.items()}),
+               **{f"funnel_ndcg10_{k}": v for k, v in funnel.items() if np.isfinite(v)}}
+    reference = training_reference(train_df, features, {"p_click": ranker.predict(train_df)["p_click"].to_numpy()})
+    with tempfile.TemporaryDirectory(prefix="eightbox-bundle-") as tmp:
+        comps = {"two_tower": save_component(tmp, "two_tower", tower, version=tower.encoder_version),
+                 "index": save_component(tmp, "index", index, version=tower.encoder_version),
+                 "ranker": save_component(tmp, "ranker", ranker, version=ranker.version or "1")}
+        write_bundle(tmp, name="eightbox-recommender", components=comps, metadata={
+            "encoder_version": tower.encoder_version, "feature_service": cfg.feature_service,
+            "features": features, "dataset_version": data.manifest["version"],
+            "dataset_hash": data.manifest["content_hash"], "index": index.metadata})
+        run_id = registry.log_training_run(
+            settings, experiment=cfg.experiment, metrics=metrics, feature_service=cfg.feature_service,
+            params={**{k: v for k, v in asdict(cfg).items() if k != "thresholds"}, "source": source,
+                    "n_features": len(features)},
+            dataset={"name": data.manifest["name"], "version": data.manifest["version"],
+                     "hash": data.manifest["content_hash"], "path": str(path), "windows": windows.to_dict()},
+            code_version=registry.code_version(), reference=reference, bundle_dir=tmp)
+    version = registry.version_of_run(settings, run_id)
+    verdict = registry.propose(settings, version, cfg.thresholds)
+    aliases = ["challenger"] if verdict.passed else []
+    first = registry.champion_version(settings) is None
+    if verdict.passed and (cfg.promote == "if-gate" or (cfg.promote == "if-first" and first)):
+        registry.promote(settings, version)
+        aliases = ["champion"]
+    stage("registry")
+    seconds["total"] = round(time.monotonic() - t0, 1)
+    return TrainResult(run_id=run_id, version=version, dataset=str(path), metrics=metrics,
+                       gate_passed=verdict.passed, gate_reasons=list(verdict.reasons), aliases=aliases,
+                       seconds=seconds)
+
+
+def _service(name: str) -> list[str]:
+    from eightbox.training.examples import service_features
+
+    return service_features(name)
