@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@echo "setup: installing Python packages into $(VENV) (pinned by constraints.txt)"
 	@$(BIN)/pip install -q --upgrade pip
 	@PYTHONWARNINGS=ignore $(BIN)/pip install -q -c constraints.txt -e '.[dev]'  # quiet setuptools' editable-mode notice
+	@# FAISS ships its CPU and GPU builds as two packages of one module: swap where a GPU answers.
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "setup: a GPU is present: replacing faiss-cpu with faiss-gpu-cu12"; \
+	  $(BIN)/pip uninstall -q -y faiss-cpu && $(BIN)/pip install -q faiss-gpu-cu12==1.14.1.post1; fi
 	@touch $@
 
 $(JARS)/.fetched: deploy/pom.xml
@@ -39,6 +43,8 @@ test-unit: setup
 
 bench: setup
 	@$(EIGHTBOX) bench ingest --quick
+	@$(EIGHTBOX) bench ann --quick
+	@$(EIGHTBOX) bench train --quick
 
 up: setup
 	@$(EIGHTBOX) up
