@@ -52,6 +52,7 @@ class TrainConfig:
     ranker_rounds: int = 300
     seed: int = 0
     experiment: str = "eightbox-training"
+    model_name: str = "eightbox-recommender"
     promote: str = "if-first"  # "never" | "if-first" (no champion yet) | "if-gate" (challenger → champion)
     thresholds: object = field(default_factory=default_thresholds)
 
@@ -131,7 +132,8 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
     lake = _lake(settings)
     as_of = pd.Timestamp(cfg.as_of) if cfg.as_of else max(lake[k]["event_time"].max() for k in lake)
     source, examples = _examples(settings, lake, cfg, as_of)
-    windows = splits.by_fractions(examples["event_time"], cfg.fractions)
+    # The gap keeps a train impression's label (up to one attribution window later) out of validation.
+    windows = splits.by_fractions(examples["event_time"], cfg.fractions, gap=cfg.attribution_window)
     parts = splits.split(examples, windows)
     features = [c for c in examples.columns if c in set(_service(cfg.feature_service))]
     path = write_dataset(parts, "ranker-examples", settings=settings, windows=windows,
@@ -186,7 +188,7 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
         comps = {"two_tower": save_component(tmp, "two_tower", tower, version=tower.encoder_version),
                  "index": save_component(tmp, "index", index, version=tower.encoder_version),
                  "ranker": save_component(tmp, "ranker", ranker, version=ranker.version or "1")}
-        write_bundle(tmp, name="eightbox-recommender", components=comps, metadata={
+        write_bundle(tmp, name=cfg.model_name, components=comps, metadata={
             "encoder_version": tower.encoder_version, "feature_service": cfg.feature_service,
             "features": features, "dataset_version": data.manifest["version"],
             "dataset_hash": data.manifest["content_hash"], "index": index.metadata})
@@ -196,13 +198,13 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
                     "n_features": len(features)},
             dataset={"name": data.manifest["name"], "version": data.manifest["version"],
                      "hash": data.manifest["content_hash"], "path": str(path), "windows": windows.to_dict()},
-            code_version=registry.code_version(), reference=reference, bundle_dir=tmp)
+            code_version=registry.code_version(), reference=reference, bundle_dir=tmp, model_name=cfg.model_name)
     version = registry.version_of_run(settings, run_id)
-    verdict = registry.propose(settings, version, cfg.thresholds)
+    first = registry.champion_version(settings, cfg.model_name) is None
+    verdict = registry.propose(settings, version, cfg.thresholds, model_name=cfg.model_name)
     aliases = ["challenger"] if verdict.passed else []
-    first = registry.champion_version(settings) is None
     if verdict.passed and (cfg.promote == "if-gate" or (cfg.promote == "if-first" and first)):
-        registry.promote(settings, version)
+        registry.promote(settings, version, model_name=cfg.model_name)
         aliases = ["champion"]
     stage("registry")
     seconds["total"] = round(time.monotonic() - t0, 1)
