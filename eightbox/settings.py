@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _DEV_PII_KEY = "eightbox-development-only-key"
+_DEV_ADMIN_TOKEN = "eightbox-development-admin-token"
+_DEV_USER_TOKEN = "eightbox-development-user-token"
 
 
 class Settings(BaseSettings):
@@ -102,6 +104,44 @@ class Settings(BaseSettings):
     feast_project: str = "eightbox"
     """Feast project name; the registry lives under `home`/feast."""
 
+    # --- Serving -----------------------------------------------------------------------------
+    serving_max_k: int = Field(100, ge=1, le=1000)
+    """Largest `k` a /recommend request may ask for; larger is refused with 422."""
+
+    serving_max_body_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest request body the API reads; larger (by Content-Length or as streamed) gets 413."""
+
+    serving_max_events_per_request: int = Field(100, ge=1)
+    """Most events one POST /events may carry."""
+
+    serving_max_in_flight: int = Field(64, ge=1)
+    """Requests /recommend (and, separately, /events) works on at once; the excess gets 429 at once."""
+
+    serving_retry_after_s: int = Field(1, ge=0)
+    """Retry-After (seconds) sent with 429 and 503."""
+
+    serving_request_timeout_s: float = Field(1.0, gt=0)
+    """Last-resort deadline of one /recommend; past it the static rung answers (the funnel's own
+    stage budgets are far tighter)."""
+
+    serving_event_ack_timeout_s: float = Field(5.0, gt=0)
+    """How long POST /events waits for the broker's acknowledgements before answering 503."""
+
+    serving_impression_sample_share: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of served requests whose impressions (with their features) are logged; chosen by a
+    hash of the request id, so a request is logged whole or not at all."""
+
+    serving_impression_queue: int = Field(10_000, ge=1)
+    """Served requests waiting to be logged; beyond it new ones are dropped and counted."""
+
+    serving_admin_tokens: SecretStr | None = None
+    """Comma-separated bearer tokens allowed to call /admin/* (reload, promote, rollback); unset
+    means a development-only token outside production, and no admin access at all in production."""
+
+    serving_user_tokens: SecretStr | None = None
+    """Comma-separated bearer tokens of API clients: known, but refused /admin/* with 403; unset means
+    a development-only token outside production."""
+
     # --- Startup -----------------------------------------------------------------------------
     start_timeout_s: float = 90.0
     """How long `eightbox up` waits for a service to become healthy."""
@@ -110,6 +150,17 @@ class Settings(BaseSettings):
     def _no_dev_secrets_in_production(self) -> "Settings":
         if self.env == "production" and self.pii_key.get_secret_value() == _DEV_PII_KEY:
             raise ValueError("EIGHTBOX_PII_KEY must be set to a real secret when EIGHTBOX_ENV=production")
+        return self
+
+    @model_validator(mode="after")
+    def _no_dev_tokens_in_production(self) -> "Settings":
+        if self.env == "production":
+            for name, placeholder in (("serving_admin_tokens", _DEV_ADMIN_TOKEN),
+                                      ("serving_user_tokens", _DEV_USER_TOKEN)):
+                value = getattr(self, name)
+                if value is not None and placeholder in _tokens(value):
+                    raise ValueError(f"EIGHTBOX_{name.upper()} must not hold the development token "
+                                     "when EIGHTBOX_ENV=production")
         return self
 
     # Derived locations and addresses: computed, never created here.
@@ -147,6 +198,21 @@ class Settings(BaseSettings):
         return self.home / "feast"
 
     @property
+    def admin_tokens(self) -> frozenset[str]:
+        """The admin bearer tokens (from `serving_admin_tokens`), blanks dropped."""
+        return self._serving_tokens(self.serving_admin_tokens, _DEV_ADMIN_TOKEN)
+
+    @property
+    def user_tokens(self) -> frozenset[str]:
+        """The client bearer tokens (from `serving_user_tokens`), blanks dropped."""
+        return self._serving_tokens(self.serving_user_tokens, _DEV_USER_TOKEN)
+
+    def _serving_tokens(self, value: SecretStr | None, placeholder: str) -> frozenset[str]:
+        if value is None:  # production fails closed: no token configured, nobody gets in
+            return frozenset() if self.env == "production" else frozenset({placeholder})
+        return _tokens(value)
+
+    @property
     def kafka_servers(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
 
@@ -157,6 +223,10 @@ class Settings(BaseSettings):
     @property
     def mlflow_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://127.0.0.1:{self.mlflow_port}"
+
+
+def _tokens(secret: SecretStr) -> frozenset[str]:
+    return frozenset(t.strip() for t in secret.get_secret_value().split(",") if t.strip())
 
 
 def get_settings(**overrides) -> Settings:

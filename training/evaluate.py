@@ -59,14 +59,15 @@ def two_tower_lists(model, index, users: Sequence[str], as_of: datetime | Mappin
 def retrieval_quality(model, index, train: pd.DataFrame, test: pd.DataFrame, catalog: Sequence[str],
                       as_of: datetime | Mapping[str, datetime], ks: Sequence[int] = KS, itemknn: bool = False,
                       oracle: Callable[[str, Sequence[str]], np.ndarray] | None = None, extra: bool = False,
-                      seed: int = 0) -> dict[str, dict[str, float]]:
-    """{model name: {recall@K..., ndcg@10[, p@10]}} for the two-tower and every baseline."""
+                      seed: int = 0, history: pd.DataFrame | None = None) -> dict[str, dict[str, float]]:
+    """{model name: {recall@K..., ndcg@10[, p@10]}} for the two-tower and every baseline.
+    `history`: what the user tower reads (default `train`; the rows the model was fitted with)."""
     users, relevant, seen = held_out_targets(train, test)
     if not users:
         raise ValueError("no test user has a new item in the test window: nothing to evaluate")
     k = max(max(ks), 10)
     lists = {
-        "two_tower": two_tower_lists(model, index, users, as_of, train, seen, k),
+        "two_tower": two_tower_lists(model, index, users, as_of, train if history is None else history, seen, k),
         "popularity": baselines.recommend_popular(users, train, catalog, seen, k),
         "random": baselines.recommend_random(users, catalog, seen, k, seed=seed),
     }

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eightbox.features.specs import LAST_N_ENGAGED
 from eightbox.settings import Settings
 
 Progress = Callable[[str], None]
@@ -114,6 +115,7 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
     from eightbox.retrieval.ann_index import AnnIndex
     from eightbox.training import registry, splits
     from eightbox.training.bundle import save_component, write_bundle
+    from eightbox.training.covisitation import Covisitation, ItemCatalog
     from eightbox.training.datasets import load_dataset, write_dataset
     from eightbox.training.evaluate import funnel_ndcg, retrieval_quality
     from eightbox.training.interactions import interactions_from_events, items_from_events
@@ -153,16 +155,25 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
     items = items_from_events(lake["item_published"])
     tower_train = inter[inter["event_time"] < windows.valid.start]
     tower_test = inter[(inter["event_time"] >= windows.test.start) & (inter["event_time"] < windows.test.end)]
+    # The user tower's bag is what serving will read: the streaming `last_engaged_items` (engagements
+    # only, the newest LAST_N_ENGAGED), not every click, so training and serving see the same input.
+    engaged = tower_train[tower_train["kind"] == "engage"]
     tower = TwoTower.fit(tower_train, items, TwoTowerConfig(dim=cfg.tower_dim, epochs=cfg.tower_epochs,
-                                                            seed=cfg.seed),
+                                                            seed=cfg.seed, n_recent=LAST_N_ENGAGED),
+                         history=engaged,
                          progress=lambda s: progress(f"  two-tower epoch {s.epoch}/{s.epochs}: loss {s.loss:.3f} "
                                                      f"({s.seconds:.1f} s)"))
     ids, vectors = tower.item_embeddings(items)
     index = AnnIndex.build(ids, vectors, encoder_version=tower.encoder_version)
-    retrieval = retrieval_quality(tower, index, tower_train, tower_test, ids, windows.test.start)
+    retrieval = retrieval_quality(tower, index, tower_train, tower_test, ids, windows.test.start,
+                                  history=inter[(inter["kind"] == "engage") & (inter["event_time"] < windows.test.start)])
     progress(f"  index {index.metadata.get('index_type')} over {len(ids)} items; test recall@100: two-tower "
              f"{retrieval['two_tower']['recall@100']:.3f}, popularity {retrieval['popularity']['recall@100']:.3f}, "
              f"random {retrieval['random']['recall@100']:.3f} ({retrieval['users']['evaluated']} users)")
+    # Serving's non-model sources: the catalog (availability, creators, fresh items, popularity and
+    # static rungs) and co-visitation, from the towers' window (nothing from validation or test).
+    catalog = ItemCatalog.build(items[items["published_at"] <= as_of], tower_train)
+    covisitation = Covisitation.fit(tower_train)
     stage("retrieval")
 
     # --- ranking: train window, early stopping and calibration on validation --------------------
@@ -187,10 +198,13 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
     with tempfile.TemporaryDirectory(prefix="eightbox-bundle-") as tmp:
         comps = {"two_tower": save_component(tmp, "two_tower", tower, version=tower.encoder_version),
                  "index": save_component(tmp, "index", index, version=tower.encoder_version),
-                 "ranker": save_component(tmp, "ranker", ranker, version=ranker.version or "1")}
+                 "ranker": save_component(tmp, "ranker", ranker, version=ranker.version or "1"),
+                 "catalog": save_component(tmp, "catalog", catalog),
+                 "covisitation": save_component(tmp, "covisitation", covisitation)}
         write_bundle(tmp, name=cfg.model_name, components=comps, metadata={
             "encoder_version": tower.encoder_version, "feature_service": cfg.feature_service,
-            "features": features, "dataset_version": data.manifest["version"],
+            "features": features, "user_history": {"events": "item_engaged", "n_recent": LAST_N_ENGAGED},
+            "dataset_version": data.manifest["version"],
             "dataset_hash": data.manifest["content_hash"], "index": index.metadata})
         run_id = registry.log_training_run(
             settings, experiment=cfg.experiment, metrics=metrics, feature_service=cfg.feature_service,

@@ -198,11 +198,15 @@ class TwoTower:
     @classmethod
     def fit(cls, interactions: pd.DataFrame, items: pd.DataFrame, config: TwoTowerConfig | None = None,
             user_features: pd.DataFrame | None = None,
-            progress: Callable[[EpochStats], None] | None = None, device: str | None = None) -> TwoTower:
+            progress: Callable[[EpochStats], None] | None = None, device: str | None = None,
+            history: pd.DataFrame | None = None) -> TwoTower:
         """Train on ``interactions`` (``interactions_from_events`` columns; every row a positive,
         its history the user's rows strictly before it) with item side features from ``items``
         (``items_from_events``; interacted items missing there get zero content and unknown
-        category / creator). ``user_features``: optional user_id + numeric columns, standardised."""
+        category / creator). ``user_features``: optional user_id + numeric columns, standardised.
+        ``history``: the rows user histories are drawn from (default: ``interactions``); pass what
+        serving will have at request time (the pipeline passes engagements only, as the streaming
+        ``last_engaged_items`` holds), or the bag the tower learns on is not the bag it serves on."""
         cfg = config or TwoTowerConfig()
         inter = interactions.sort_values("event_time", kind="stable").reset_index(drop=True)
         if inter.empty:
@@ -224,17 +228,18 @@ class TwoTower:
         deterministic = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(deterministic or model.device == "cpu")
         try:
-            model._train(inter, items, user_features, progress)
+            past = inter if history is None else history.sort_values("event_time", kind="stable")
+            model._train(inter, items, user_features, progress, past)
         finally:
             torch.use_deterministic_algorithms(deterministic)
         return model
 
     def _train(self, inter: pd.DataFrame, items: pd.DataFrame, user_features: pd.DataFrame | None,
-               progress: Callable[[EpochStats], None] | None) -> None:
+               progress: Callable[[EpochStats], None] | None, past: pd.DataFrame) -> None:
         cfg, n = self.config, len(inter)
         users = inter["user_id"].tolist()
         item = _index(inter["item_id"].tolist(), self._items)
-        hist = self._histories(users, _ns(inter["event_time"]), inter)
+        hist = self._histories(users, _ns(inter["event_time"]), past)
         hist[hist == item[:, None]] = 0  # an engagement after its click must not teach "repeat the last item"
         catalog = pd.DataFrame({"item_id": self.vocab["items"]}).merge(
             items.drop_duplicates("item_id", keep="last"), on="item_id", how="left")

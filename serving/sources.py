@@ -1,0 +1,221 @@
+"""Candidate sources: each proposes items for one request, independently of the others.
+
+A source is any object with a ``name``, a ``breaker`` (the circuit-breaker name guarding it, or
+None for in-memory work) and ``async def __call__(ctx: UserContext) -> list[Candidate]``. The funnel
+runs them concurrently, each under its timeout; a source returns its candidates best first, with
+``item_id``, ``source`` and ``retrieval_score`` set (the funnel adds creator, category and vectors
+after the union, once). A source that cannot run for this request (its component is missing from
+the bundle, no data yet) raises `Skipped`; any other exception is a failure the breaker counts.
+
+Nothing here blocks the event loop for long: FAISS search and the user tower go through
+``asyncio.to_thread``; trending items come from an in-memory snapshot that `PopularityBoard`
+refreshes in the background from the online store, never on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from eightbox.serving.candidates import Candidate
+from eightbox.serving.models import ModelSet
+
+log = logging.getLogger(__name__)
+
+
+class Skipped(Exception):
+    """The source cannot run for this request (a missing component, no data yet): not a failure."""
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """What a source may know about one request."""
+
+    user_id: str
+    request_id: str
+    k: int
+    models: ModelSet
+    recent_items: tuple[str, ...] = ()  # the user's last engaged items, newest first; () if unknown
+    context: Mapping[str, Any] = field(default_factory=dict)  # the request's client context (surface, ...)
+
+
+class Source(Protocol):
+    name: str
+    breaker: str | None
+
+    async def __call__(self, ctx: UserContext) -> list[Candidate]: ...
+
+
+def _ranked(items, source: str, new: bool = False) -> list[Candidate]:
+    """(item_id, score) pairs, best first → candidates of `source`."""
+    return [Candidate(item_id=i, source=source, retrieval_score=float(s), sources=[source], new_or_uncertain=new)
+            for i, s in items]
+
+
+class TwoTowerSource:
+    """The user tower's embedding of the user (id + recent items) → top-n by inner product in the
+    ANN index. Asks the index for ``n + len(recent)`` so that dropping engaged items leaves ~n."""
+
+    name, breaker = "two_tower", "ann"
+
+    def __init__(self, n: int = 200):
+        self.n = n
+
+    async def __call__(self, ctx: UserContext) -> list[Candidate]:
+        models = ctx.models
+        if models.index is None:
+            raise Skipped("no ANN index in the bundle")
+        if models.user_tower is None:
+            raise Skipped("no user tower in the bundle")
+        return await asyncio.to_thread(self._search, ctx)
+
+    def _search(self, ctx: UserContext) -> list[Candidate]:
+        query = ctx.models.user_tower(ctx.user_id, ctx.recent_items)  # (1, dim), tagged with its encoder
+        ids, scores = ctx.models.index.search(query, self.n + len(ctx.recent_items))
+        return _ranked(zip(ids[0], scores[0].tolist()), self.name)
+
+
+class CovisitSource:
+    """Items co-engaged with the user's ``seeds`` most recent items (training-time co-visitation)."""
+
+    name, breaker = "covisit", None
+
+    def __init__(self, n: int = 100, seeds: int = 10):
+        self.n, self.seeds = n, seeds
+
+    async def __call__(self, ctx: UserContext) -> list[Candidate]:
+        if ctx.models.covisitation is None:
+            raise Skipped("no co-visitation table in the bundle")
+        return _ranked(ctx.models.covisitation.related(ctx.recent_items[: self.seeds], self.n), self.name)
+
+
+class FreshSource:
+    """The newest published items of the catalog, flagged for exploration (cold start)."""
+
+    name, breaker = "fresh", None
+
+    def __init__(self, n: int = 50):
+        self.n = n
+
+    async def __call__(self, ctx: UserContext) -> list[Candidate]:
+        if ctx.models.catalog is None:
+            raise Skipped("no item catalog in the bundle")
+        newest = ctx.models.catalog.newest(self.n)
+        return _ranked(((item, len(newest) - r) for r, item in enumerate(newest)), self.name, new=True)
+
+
+class TrendingSource:
+    """The most clicked items of the last 15 minutes (streaming ``item_clicks_15m``, ties by the daily
+    ``item_trending``), from the board's latest snapshot."""
+
+    name, breaker = "trending", None
+
+    def __init__(self, board: PopularityBoard, n: int = 100):
+        self.board, self.n = board, n
+
+    async def __call__(self, ctx: UserContext) -> list[Candidate]:
+        snapshot = self.board.snapshot
+        if snapshot is None:
+            raise Skipped("no trending snapshot yet")
+        return _ranked(snapshot.trending[: self.n], self.name)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    trending: tuple[tuple[str, float], ...]  # (item, clicks_15m + tie-break), items with any signal, best first
+    popular: tuple[str, ...]  # every read item by item_popularity_7d (then training popularity), best first
+    taken_at: float  # time.monotonic() when read
+    n_items: int
+
+
+class PopularityBoard:
+    """Item rankings read from the online store for the whole catalog, in the background.
+
+    ``reader.read_rows({"item_id": [...]})`` must return the three `FEATURES` (``OnlineReader`` with
+    these references does). `refresh` replaces ``snapshot`` by reference; a failed refresh keeps the
+    previous snapshot and records ``last_error``. ``popular(models)`` is the popularity rung's list.
+    """
+
+    FEATURES = ("item_session:item_clicks_15m", "item_daily:item_trending", "item_daily:item_popularity_7d")
+
+    def __init__(self, reader, models: Callable[[], ModelSet | None], interval_s: float = 5.0,
+                 chunk: int = 20_000):
+        self.reader, self.models, self.interval_s, self.chunk = reader, models, interval_s, chunk
+        self.snapshot: Snapshot | None = None
+        self.last_error: str | None = None
+        self._task: asyncio.Task | None = None
+
+    def refresh(self) -> Snapshot | None:
+        """Read every catalog item's counters now (blocking: call it from a thread)."""
+        models = self.models()
+        if models is None or models.catalog is None:
+            return self.snapshot
+        catalog, ids = models.catalog, list(models.catalog.ids)
+        clicks: list = []
+        trend: list = []
+        pop: list = []
+        for start in range(0, len(ids), self.chunk):
+            rows = self.reader.read_rows({"item_id": ids[start:start + self.chunk]})
+            clicks += rows["item_clicks_15m"]
+            trend += rows["item_trending"]
+            pop += rows["item_popularity_7d"]
+
+        def values(column: list) -> np.ndarray:  # None (no value in Redis) → 0
+            return np.nan_to_num(pd.Series(column, dtype="float64").to_numpy())
+
+        names = np.asarray(ids)
+        # Clicks dominate; the daily trend (a ratio) only breaks ties between equal counts: atan < π/2.
+        score = values(clicks) + 1e-3 * np.arctan(values(trend))
+        live = np.flatnonzero(score > 0)
+        order = live[np.lexsort((names[live], -score[live]))]
+        trending = tuple(zip(names[order].tolist(), score[order].tolist()))
+        trained = np.fromiter((catalog.popularity(i) for i in ids), dtype=np.float64, count=len(ids))
+        popular = tuple(names[np.lexsort((names, -trained, -values(pop)))].tolist())
+        self.snapshot = Snapshot(trending, popular, time.monotonic(), len(ids))
+        self.last_error = None
+        return self.snapshot
+
+    def popular(self, models: ModelSet | None) -> tuple[str, ...]:
+        """The latest snapshot's popularity order, else the catalog's training-time order, else ()."""
+        if self.snapshot is not None and self.snapshot.popular:
+            return self.snapshot.popular
+        return models.catalog.popular() if models is not None and models.catalog is not None else ()
+
+    async def run(self) -> None:
+        """Refresh every ``interval_s`` until cancelled; errors are logged and the snapshot kept."""
+        while True:
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("trending refresh failed (keeping the previous snapshot): %s", self.last_error)
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> asyncio.Task:
+        """Start `run` on the running loop (once); ``stop`` cancels it."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="popularity-board")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+
+def default_sources(per_source: Mapping[str, int], board: PopularityBoard) -> list[Source]:
+    """The four sources, in priority order (a candidate's ``source`` is the first that found it)."""
+    n = per_source
+    return [TwoTowerSource(n["two_tower"]), CovisitSource(n["covisit"]), TrendingSource(board, n["trending"]),
+            FreshSource(n["fresh"])]
