@@ -15,8 +15,9 @@ one member of the `settings.pusher_group` consumer group on ``eightbox.feature-u
   from overridden Settings (tests, the freshness bench) runs its pusher against the same services.
 
 It is not in `deploy.services.embedded_services` (that is the set of engines, which tests count);
-`stack_services(settings)` is the embedded stack plus this pusher, in start order, as the CLI's
-`up`/`down`/`status`, `make demo` and the freshness bench use it.
+`stack_services(settings)` is the embedded stack plus this pusher and the serving API
+(deploy/serving_service.py), in start order, as the CLI's `up`/`down`/`status`, `make demo` and the
+freshness bench use it.
 """
 
 from __future__ import annotations
@@ -72,11 +73,16 @@ def pusher(settings: Settings) -> ServiceSpec:
 
 
 def stack_services(settings: Settings, with_pusher: bool = True,
-                   only: tuple[str, ...] | None = None) -> dict[str, ServiceSpec]:
-    """The embedded stack (optionally without MLflow etc.: `only` names what to keep) plus the pusher."""
+                   only: tuple[str, ...] | None = None, with_serving: bool = True) -> dict[str, ServiceSpec]:
+    """The embedded stack (optionally without MLflow etc.: `only` names what to keep), the pusher, and
+    the serving API last (it needs Kafka, Redis and MLflow; without a champion it answers lower rungs)."""
+    from .serving_service import NAME as SERVING, serving
+
     services = embedded_services(settings)
     if with_pusher:
         services[NAME] = pusher(settings)
+    if with_serving:
+        services[SERVING] = serving(settings)
     if only is not None:
         services = {k: v for k, v in services.items() if k in only}
     return services

@@ -279,6 +279,14 @@ def train(promote: str = typer.Option("if-first", help="never | if-first (no cha
                f"aliases {', '.join(result.aliases) or 'none'}; {result.seconds['total']:.0f} s")
 
 
+@app.command()
+def serve() -> None:
+    """Run the serving API in the foreground (uvicorn; `eightbox up serving` runs it supervised)."""
+    from eightbox.serving.__main__ import main as serve_main
+
+    serve_main()
+
+
 @bench_app.command("quality")
 def bench_quality(dataset: str = typer.Option("simulator", help="simulator | movielens-100k"),
                   quick: bool = typer.Option(False, help="A smaller world, fewer epochs.")) -> None:

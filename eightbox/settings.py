@@ -142,6 +142,23 @@ class Settings(BaseSettings):
     """Comma-separated bearer tokens of API clients: known, but refused /admin/* with 403; unset means
     a development-only token outside production."""
 
+    serving_host: str = "127.0.0.1"
+    """Address the serving API (`python -m eightbox.serving`) listens on."""
+
+    serving_port: int = 18000
+    """Port of the serving API."""
+
+    serving_model_name: str = "eightbox-recommender"
+    """Registered model whose `champion` alias the serving process loads and follows."""
+
+    serving_reload_interval_s: float = Field(30.0, gt=0)
+    """How often the serving process polls the registry's champion alias; when it has moved, the new
+    bundle is loaded off the event loop and swapped in (POST /admin/reload checks at once)."""
+
+    serving_budget_scale: float = Field(1.0, gt=0)
+    """Multiplies every funnel stage budget and timeout and the whole-request timeout: 1 is the
+    production budget (100 ms); tests on a shared machine and slow demos raise it."""
+
     # --- Startup -----------------------------------------------------------------------------
     start_timeout_s: float = 90.0
     """How long `eightbox up` waits for a service to become healthy."""

@@ -1,0 +1,49 @@
+"""The serving API as a supervised service: ``<venv python> -m eightbox.serving`` on `serving_port`.
+
+- prepare: the contract's topics exist (impressions and client events are produced to them) and the
+  Feast registry is applied (the funnel reads features through it); both idempotent.
+- healthy: GET /healthz answers 200, i.e. the process bootstrapped and its event loop serves. Not
+  /readyz: a server without a champion is healthy and answers the lower rungs (readyz says 503).
+- environment: the child gets the parent's Settings as ``EIGHTBOX_*`` variables (`child_env`), so a
+  stack built from overridden Settings runs its server against the same services and model name.
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+
+from eightbox.settings import Settings
+
+from .services import ServiceSpec, StackError
+
+NAME = "serving"
+
+
+def base_url(settings: Settings) -> str:
+    return f"http://{settings.serving_host}:{settings.serving_port}"
+
+
+def serving(settings: Settings) -> ServiceSpec:
+    def prepare() -> None:
+        from eightbox.features.store import apply
+        from eightbox.ingest.topics import ensure_topics
+
+        try:
+            ensure_topics(settings)
+        except Exception as e:
+            raise StackError(f"serving: Kafka at {settings.kafka_servers} is not reachable ({e}); "
+                             "start kafka first") from None
+        apply(settings)
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base_url(settings)}/healthz", timeout=1) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    def command() -> list[str]:
+        return [sys.executable, "-m", "eightbox.serving"]
+
+    return ServiceSpec(NAME, settings.serving_port, command, healthy, prepare, env=settings.child_env({}))
