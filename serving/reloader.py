@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from eightbox.serving.background import BackgroundLoop
+
 log = logging.getLogger(__name__)
 
 
@@ -26,16 +28,16 @@ class NoChampion(LookupError):
     """The registry has no champion to load (the admin endpoint answers 404)."""
 
 
-class Reloader:
+class Reloader(BackgroundLoop):
     """`champion()` → the registry version holding the alias, or None; `load(version)` → a ModelSet
     (blocking; run in a thread); `swap(models)` installs it. `current` is the version served now."""
+    task_name = "champion-reloader"
 
     def __init__(self, champion: Callable[[], str | None], load: Callable[[str], Any],
                  swap: Callable[[Any], None], interval_s: float, current: str | None = None):
         self._champion, self._load, self._swap = champion, load, swap
         self.interval_s, self.current = interval_s, current
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task | None = None
         self._counts = dict(polls=0, reloads=0, poll_failures=0, load_failures=0)
         self.last_error: str | None = None
         self.loaded_at: float | None = time.time() if current is not None else None
@@ -84,21 +86,6 @@ class Reloader:
             except Exception:  # already counted and logged by check()
                 pass
             await asyncio.sleep(self.interval_s)
-
-    def start(self) -> asyncio.Task:
-        """Start polling on the running loop (once)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="champion-reloader")
-        return self._task
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
 
     def stats(self) -> dict[str, float]:
         """Counters for the metrics endpoint, plus the served version (0 when none)."""

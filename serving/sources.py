@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from eightbox.serving.background import BackgroundLoop
 from eightbox.serving.candidates import Candidate
 from eightbox.serving.models import ModelSet
 
@@ -135,13 +136,14 @@ class Snapshot:
     n_items: int
 
 
-class PopularityBoard:
+class PopularityBoard(BackgroundLoop):
     """Item rankings read from the online store for the whole catalog, in the background.
 
     ``reader.read_rows({"item_id": [...]})`` must return the three `FEATURES` (``OnlineReader`` with
     these references does). `refresh` replaces ``snapshot`` by reference; a failed refresh keeps the
     previous snapshot and records ``last_error``. ``popular(models)`` is the popularity rung's list.
     """
+    task_name = "popularity-board"
 
     FEATURES = ("item_session:item_clicks_15m", "item_daily:item_trending", "item_daily:item_popularity_7d")
 
@@ -150,7 +152,6 @@ class PopularityBoard:
         self.reader, self.models, self.interval_s, self.chunk = reader, models, interval_s, chunk
         self.snapshot: Snapshot | None = None
         self.last_error: str | None = None
-        self._task: asyncio.Task | None = None
 
     def refresh(self) -> Snapshot | None:
         """Read every catalog item's counters now (blocking: call it from a thread)."""
@@ -197,21 +198,6 @@ class PopularityBoard:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("trending refresh failed (keeping the previous snapshot): %s", self.last_error)
             await asyncio.sleep(self.interval_s)
-
-    def start(self) -> asyncio.Task:
-        """Start `run` on the running loop (once); ``stop`` cancels it."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="popularity-board")
-        return self._task
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
 
 
 def default_sources(per_source: Mapping[str, int], board: PopularityBoard) -> list[Source]:
