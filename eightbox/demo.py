@@ -187,6 +187,48 @@ def _show_registry(settings: Settings, result) -> None:
     print(f"  browse: {settings.mlflow_uri}/#/models/eightbox-recommender")
 
 
+def _serve_simulated_users(settings: Settings, market, visits: int) -> None:
+    """Simulated users ask the running API for a slate (`/recommend`), see it, and their clicks and
+    engagements go back through `/events`; the server logs each impression with its features."""
+    import httpx
+    import numpy as np
+
+    from eightbox.deploy.serving_service import base_url
+    from eightbox.ingest.simulator import Visit
+
+    base, token = base_url(settings), sorted(settings.admin_tokens)[0]
+    with httpx.Client(base_url=base, timeout=10.0) as http:
+        reload = http.post("/admin/reload", headers={"Authorization": f"Bearer {token}"})
+        deadline = time.monotonic() + 60
+        while http.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(1.0)
+        ready = http.get("/readyz").json()
+        print(f"  API {base}: reload → {reload.status_code}; ready: {ready.get('ready', ready)}")
+        latencies, rungs, clicks, shown, sent = [], {}, 0, 0, 0
+        stream = (v for v in market.visits(hours=24.0) if isinstance(v, Visit))
+        for visit in (next(stream) for _ in range(visits)):
+            t = time.perf_counter()
+            r = http.post("/recommend", json={"user_id": visit.user_id, "k": market.config.slate_size})
+            latencies.append((time.perf_counter() - t) * 1000)
+            body = r.json()
+            rungs[body.get("rung", r.status_code)] = rungs.get(body.get("rung", r.status_code), 0) + 1
+            slate = [i["item_id"] for i in body.get("items", [])]
+            if not slate:
+                continue
+            # the client reports what the user did, quoting the server's request id (labels join on it)
+            outcome = [e.model_copy(update={"request_id": body["request_id"]})
+                       for e in market.respond(visit, slate) if e.event_type != "impression_served"]
+            shown, clicks = shown + len(slate), clicks + sum(e.event_type == "item_clicked" for e in outcome)
+            if outcome:
+                sent += http.post("/events", content="[" + ",".join(e.model_dump_json() for e in outcome) + "]",
+                                  headers={"content-type": "application/json"}).status_code == 202
+    p50, p99 = np.percentile(latencies, [50, 99])
+    print(f"  {visits} simulated visits → /recommend: p50 {p50:.1f} ms, p99 {p99:.1f} ms (HTTP, this process); "
+          f"rungs {rungs}")
+    print(f"  {shown} items shown, {clicks} clicked (CTR {clicks / max(shown, 1):.3f}); "
+          f"{sent} /events batches accepted; impressions logged by the server to eightbox.impressions")
+
+
 def _read_online(settings: Settings, events: list) -> None:
     """A user's and a few items' ranking features, read online (OnlineReader = Feast's keys, one round trip)."""
     from eightbox.features.online import OnlineReader
@@ -270,9 +312,11 @@ def run_demo(settings: Settings, quick: bool = False) -> None:
     header(*BOXES[5])
     _read_online(settings, events)
 
-    for box in BOXES[6:]:
-        header(*box)
-        print("  not built yet — see `issues`")
+    header(*BOXES[6])
+    _serve_simulated_users(settings, market, visits=60 if quick else 200)
+
+    header(*BOXES[7])
+    print("  not built yet — see `issues`")
 
     print("\n━━ stack " + "━" * 69)
     for row in supervisor.status():
