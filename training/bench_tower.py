@@ -42,9 +42,10 @@ def run(quick: bool = False, epochs: int = 1) -> dict:
     from eightbox.training.two_tower import TwoTower, TwoTowerConfig
 
     rows = 200_000 if quick else 1_000_000
+    load_before = os.getloadavg()[0]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"bench train (two-tower): {rows:,} interactions, {epochs} epoch(s) on {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}", flush=True)
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {load_before:.2f}", flush=True)
     t = time.perf_counter()
     inter, items = synthetic(rows)
     data_s = time.perf_counter() - t
@@ -59,4 +60,4 @@ def run(quick: bool = False, epochs: int = 1) -> dict:
     fit_s = time.perf_counter() - t
     return {"rows": rows, "device": device, "epochs": epochs, "data_s": round(data_s, 2),
             "fit_s": round(fit_s, 2), "epoch_s": round(float(np.mean(per_epoch)), 2) if per_epoch else None,
-            "rows_per_s": round(rows * epochs / fit_s), "loadavg_1m_before": round(os.getloadavg()[0], 2)}
+            "rows_per_s": round(rows * epochs / fit_s), "loadavg_1m_before": round(load_before, 2)}
