@@ -305,6 +305,15 @@ def bench_ann(quick: bool = typer.Option(False, help="100k vectors only.")) -> N
     typer.echo(json.dumps(run(quick=quick)))
 
 
+@bench_app.command("serve")
+def bench_serve(quick: bool = typer.Option(False, help="25/50/100 RPS for 5 s each.")) -> None:
+    """Open-loop load on the serving API beside a floor server (same framework, precomputed list)."""
+    from eightbox.serving.bench_serve import run
+
+    with _one_line_errors():
+        typer.echo(json.dumps(run(_settings(), quick=quick)))
+
+
 @bench_app.command("train")
 def bench_train(quick: bool = typer.Option(False, help="Smaller inputs.")) -> None:
     """Seconds per two-tower epoch and XGBoost ranker training seconds on 1M rows."""
