@@ -70,9 +70,12 @@ class Resources:
         """Ready = models loaded, Redis answers a ping, the producer reached a broker."""
         models = self.funnel.models
         checks: dict[str, str] = {}
-        checks["models"] = (f"ok: champion v{self.reloader.current}" if models is not None
-                            else "no champion loaded" + (f" ({self.reloader.last_error})"
-                                                         if self.reloader.last_error else ""))
+        if models is not None:  # which user tower encodes requests: "numpy", "torch" (older bundles) or none
+            tower = models.versions.get("user_tower") or "none"
+            checks["models"] = f"ok: champion v{self.reloader.current}, user tower {tower}"
+        else:
+            checks["models"] = "no champion loaded" + (f" ({self.reloader.last_error})"
+                                                       if self.reloader.last_error else "")
         try:
             self.redis.ping()
             checks["redis"] = "ok"

@@ -30,8 +30,8 @@ UserTower = Callable[[str, Sequence[str]], np.ndarray]
 
 
 def torch_user_tower(two_tower) -> UserTower:
-    """The training-stack user tower behind the `UserTower` signature. ``UserEncoder.load(dir).encode``
-    has the same signature and can replace it without touching the funnel."""
+    """The training-stack user tower behind the `UserTower` signature: the fallback for bundles
+    without a ``user_tower`` component, whose ``UserEncoder.encode`` has the same signature."""
     import pandas as pd
 
     def encode(user_id: str, recent_items: Sequence[str]) -> np.ndarray:
@@ -50,7 +50,8 @@ class ModelSet:
     """Everything one bundle gives serving. Fields are None where the bundle lacks the component."""
 
     name: str
-    versions: Mapping[str, str]  # "bundle", "model" (registry version, if any), "encoder", "ranker", "index"
+    versions: Mapping[str, str]  # "bundle", "model" (registry version, if any), "encoder", "ranker", "index",
+    # "user_tower" ("numpy": the bundle's UserEncoder; "torch": the two-tower, for older bundles; "": none)
     features: tuple[str, ...]  # the ranker's feature columns, in its order
     feature_service: str  # the Feast feature service those features come from
     two_tower: Any | None = None
@@ -95,19 +96,21 @@ class ModelSet:
         if index is not None and index.encoder_version != encoder:
             problems["index"] = f"index built by encoder {index.encoder_version}, the bundle's is {encoder}"
             index = None
+        user_tower, tower_kind = _user_tower(bundle, two_tower, encoder, component, problems)
         features = list(meta.get("features") or getattr(ranker, "features", []) or [])
         if ranker is not None and list(getattr(ranker, "features", features)) != features:
             problems["ranker"] = "ranker features differ from the bundle's feature list"
             ranker = None
         versions = {"bundle": f"{bundle.name}@{bundle.created_at}", "encoder": encoder,
                     "ranker": str(getattr(ranker, "version", "") or ""),
-                    "index": str(index.metadata.get("built_at", "")) if index is not None else ""}
+                    "index": str(index.metadata.get("built_at", "")) if index is not None else "",
+                    "user_tower": tower_kind}
         if model_version is not None:
             versions["model"] = str(model_version)
         return cls(
             name=bundle.name, versions=versions, features=tuple(features),
             feature_service=meta.get("feature_service", "ranker_v1"), two_tower=two_tower,
-            user_tower=torch_user_tower(two_tower) if two_tower is not None else None,
+            user_tower=user_tower,
             index=index, ranker=ranker, catalog=component("catalog"), covisitation=component("covisitation"),
             item_vectors=_vectors(index) if (item_vectors and index is not None) else {}, problems=problems,
         )
@@ -131,6 +134,22 @@ class ModelSet:
         version = registry.champion_version(settings, name) if alias == registry.CHAMPION else None
         pyfunc = registry.load_by_alias(settings, alias, model_name=name)
         return cls.from_bundle(pyfunc.unwrap_python_model().bundle, model_version=version, **kwargs)
+
+
+def _user_tower(bundle, two_tower, encoder: str, component, problems: dict[str, str]) -> tuple[UserTower | None, str]:
+    """The request-time user tower and which one it is: "numpy" (the bundle's ``user_tower``
+    component, a ``UserEncoder``), else "torch" (the two-tower itself, for bundles written before
+    that component existed, or whose export does not load or belong), else "" (none: no ANN source).
+    An export of another encoder than the bundle's (so than its index's) is refused, as the index is."""
+    if "user_tower" in bundle.components:
+        numpy_tower = component("user_tower")
+        if numpy_tower is not None and numpy_tower.encoder_version != encoder:
+            problems["user_tower"] = f"encoder {numpy_tower.encoder_version} is not the bundle's {encoder}"
+        elif numpy_tower is not None:
+            return numpy_tower.encode, "numpy"
+    if two_tower is not None:
+        return torch_user_tower(two_tower), "torch"
+    return None, ""
 
 
 def _vectors(index) -> dict[str, np.ndarray]:

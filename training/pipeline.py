@@ -113,8 +113,9 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
     from eightbox.ranking.multitask import MultiTaskRanker
     from eightbox.ranking.value import value_score
     from eightbox.retrieval.ann_index import AnnIndex
+    from eightbox.serving.user_encoder import export_user_tower
     from eightbox.training import registry, splits
-    from eightbox.training.bundle import save_component, write_bundle
+    from eightbox.training.bundle import ComponentSpec, save_component, write_bundle
     from eightbox.training.covisitation import Covisitation, ItemCatalog
     from eightbox.training.datasets import load_dataset, write_dataset
     from eightbox.training.evaluate import funnel_ndcg, retrieval_quality
@@ -201,6 +202,10 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
                  "ranker": save_component(tmp, "ranker", ranker, version=ranker.version or "1"),
                  "catalog": save_component(tmp, "catalog", catalog),
                  "covisitation": save_component(tmp, "covisitation", covisitation)}
+        # The user tower again, in NumPy: what serving encodes each request with (no torch call).
+        export_user_tower(tower, Path(tmp) / "user_tower")
+        comps["user_tower"] = ComponentSpec(loader="eightbox.serving.user_encoder:UserEncoder.load",
+                                            path="user_tower", version=tower.encoder_version)
         write_bundle(tmp, name=cfg.model_name, components=comps, metadata={
             "encoder_version": tower.encoder_version, "feature_service": cfg.feature_service,
             "features": features, "user_history": {"events": "item_engaged", "n_recent": LAST_N_ENGAGED},

@@ -28,8 +28,9 @@ from eightbox.retrieval.ann_index import AnnIndex
 from eightbox.serving.breaker import BreakerPolicy, Breakers
 from eightbox.serving.funnel import FunnelConfig, StageBudget, build_funnel
 from eightbox.serving.models import ModelSet
+from eightbox.serving.user_encoder import export_user_tower
 from eightbox.training import registry
-from eightbox.training.bundle import save_component, write_bundle
+from eightbox.training.bundle import ComponentSpec, save_component, write_bundle
 from eightbox.training.covisitation import Covisitation, ItemCatalog
 from eightbox.training.interactions import interactions_from_events, items_from_events
 from eightbox.training.two_tower import TwoTower, TwoTowerConfig
@@ -109,11 +110,14 @@ def world(stack, stack_settings, tmp_path_factory):
     cut = int(len(rows) * 0.7)
     ranker = MultiTaskRanker(num_boost_round=30, nthread=1, seed=0).fit(rows[:cut], rows[cut:], FEATURES)
     bundle_dir = tmp_path_factory.mktemp("bundle")
+    export_user_tower(tower, bundle_dir / "user_tower")  # what the pipeline adds: the NumPy user tower
     comps = {"two_tower": save_component(bundle_dir, "two_tower", tower, version=tower.encoder_version),
              "index": save_component(bundle_dir, "index", index, version=tower.encoder_version),
              "ranker": save_component(bundle_dir, "ranker", ranker, version=ranker.version),
              "catalog": save_component(bundle_dir, "catalog", ItemCatalog.build(items, inter)),
-             "covisitation": save_component(bundle_dir, "covisitation", Covisitation.fit(inter))}
+             "covisitation": save_component(bundle_dir, "covisitation", Covisitation.fit(inter)),
+             "user_tower": ComponentSpec(loader="eightbox.serving.user_encoder:UserEncoder.load",
+                                         path="user_tower", version=tower.encoder_version)}
     write_bundle(bundle_dir, name="funnel-test", components=comps, metadata={
         "encoder_version": tower.encoder_version, "feature_service": "ranker_v1", "features": FEATURES})
     return settings, bundle_dir, recent["user_id"].tolist()[:12]
@@ -147,6 +151,7 @@ def test_the_full_funnel_serves_ranked_items_from_real_redis_and_bundle(world):
     settings, bundle_dir, users = world
     models = ModelSet.from_dir(bundle_dir, item_vectors=True)
     assert not models.problems and len(models.item_vectors) == len(models.catalog)
+    assert models.versions["user_tower"] == "numpy", "the ANN query comes from the NumPy user tower"
     recs, funnel = _serve(settings, models, users)
     assert funnel.board.snapshot.trending, "trending items read back from Redis"
     for rec in recs:

@@ -173,7 +173,7 @@ def test_the_bundles_index_belongs_to_its_two_tower_and_refuses_another_encoder(
     bundle = registry.load_by_alias(world, "champion", dst_path=tmp_path).unwrap_python_model().bundle
     tower, index = bundle.component("two_tower"), bundle.component("index")
     version = bundle.metadata["encoder_version"]
-    assert tower.encoder_version == index.encoder_version == version
+    assert tower.encoder_version == index.encoder_version == version == bundle.component("user_tower").encoder_version
     assert _client(world).get_model_version(registry.MODEL_NAME, result.version).tags["encoder_version"] == version
 
     # The index holds this tower's item vectors: every item's own embedding finds itself first.

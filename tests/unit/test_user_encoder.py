@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -9,7 +10,9 @@ import torch
 
 from eightbox.ingest.simulator import Marketplace, SimConfig
 from eightbox.retrieval.ann_index import AnnIndex
-from eightbox.serving.user_encoder import WEIGHTS_FILE, UserEncoder, export_user_tower
+from eightbox.serving.models import ModelSet, torch_user_tower
+from eightbox.serving.user_encoder import WEIGHTS_FILE, UserEmbeddings, UserEncoder, export_user_tower
+from eightbox.training.bundle import ComponentSpec, save_component, write_bundle
 from eightbox.training.interactions import interactions_from_events, items_from_events
 from eightbox.training.two_tower import TwoTower, TwoTowerConfig
 
@@ -133,3 +136,30 @@ def test_a_tampered_weights_file_is_refused(plain, tmp_path):
     (directory / WEIGHTS_FILE).write_bytes(bytes(data))
     with pytest.raises(ValueError, match="not the file exported"):
         UserEncoder.load(directory)
+
+
+def test_a_bundle_with_the_numpy_tower_serves_it_and_one_without_falls_back_to_torch(world, plain, tmp_path):
+    model, exported = plain
+    user, recent = world[1]["user_id"].iloc[0], world[0]["item_id"].astype(str).tolist()[:3]
+    comps = {"two_tower": save_component(tmp_path, "two_tower", model, version=model.encoder_version)}
+    shutil.copytree(exported, tmp_path / "user_tower")
+    numpy_spec = ComponentSpec(loader="eightbox.serving.user_encoder:UserEncoder.load", path="user_tower",
+                               version=model.encoder_version)
+    meta = {"encoder_version": model.encoder_version}
+
+    models = ModelSet.from_bundle(write_bundle(tmp_path, name="t", components={**comps, "user_tower": numpy_spec},
+                                               metadata=meta))
+    assert models.versions["user_tower"] == "numpy" and "user_tower" not in models.problems
+    query = models.user_tower(user, recent)
+    assert isinstance(query, UserEmbeddings) and query.shape == (1, CONFIG.dim)
+    assert query.encoder_version == model.encoder_version
+    np.testing.assert_allclose(query, torch_user_tower(model)(user, recent), atol=1e-5)
+
+    older = ModelSet.from_bundle(write_bundle(tmp_path, name="t", components=comps, metadata=meta))
+    assert older.versions["user_tower"] == "torch" and "user_tower" not in older.problems
+
+    # An export of another encoder than the bundle's is refused, as an index of another encoder is.
+    stranger = ModelSet.from_bundle(write_bundle(tmp_path, name="t", components={**comps, "user_tower": numpy_spec},
+                                                 metadata={"encoder_version": "another"}))
+    assert stranger.user_tower is None and stranger.versions["user_tower"] == ""
+    assert "is not the bundle's another" in stranger.problems["user_tower"]
