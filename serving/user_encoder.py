@@ -29,22 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from eightbox.retrieval.embeddings import Embeddings
+
 WEIGHTS_FILE, META_FILE = "user_tower.npz", "user_tower.json"
-
-
-class UserEmbeddings(np.ndarray):
-    """float32 (n, dim) unit rows tagged with ``encoder_version``, as ``two_tower.Embeddings`` (which
-    cannot be imported here without torch); ``AnnIndex.search`` reads the tag the same way."""
-
-    encoder_version: str | None
-
-    def __new__(cls, rows: np.ndarray, encoder_version: str) -> UserEmbeddings:
-        out = np.asarray(rows, dtype=np.float32).view(cls)
-        out.encoder_version = encoder_version
-        return out
-
-    def __array_finalize__(self, obj) -> None:
-        self.encoder_version = getattr(obj, "encoder_version", None)
+UserEmbeddings = Embeddings  # the same tagged array the training towers return
 
 
 def export_user_tower(two_tower, directory: Path | str) -> Path:

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eightbox.retrieval.embeddings import Embeddings  # re-exported: callers import it from here too
+
 
 @dataclass(frozen=True)
 class TwoTowerConfig:
@@ -57,22 +59,6 @@ class EpochStats:
 def print_epoch(stats: EpochStats) -> None:
     """A progress callback for ``TwoTower.fit`` that prints one line per epoch."""
     print(f"two-tower epoch {stats.epoch}/{stats.epochs}: loss {stats.loss:.4f}, {stats.seconds:.1f} s", flush=True)
-
-
-class Embeddings(np.ndarray):
-    """float32 (n, dim) unit rows that carry the ``encoder_version`` of the tower that made them,
-    so an index can refuse queries from another encoder. Slices and views keep the tag;
-    ``np.asarray`` drops it (then pass the version to the index explicitly)."""
-
-    encoder_version: str | None
-
-    def __new__(cls, rows: np.ndarray, encoder_version: str) -> Embeddings:
-        out = np.asarray(rows, dtype=np.float32).view(cls)
-        out.encoder_version = encoder_version
-        return out
-
-    def __array_finalize__(self, obj) -> None:
-        self.encoder_version = getattr(obj, "encoder_version", None)
 
 
 def _index(values: Sequence[str], vocab: dict[str, int]) -> np.ndarray:
