@@ -36,6 +36,15 @@ class ServiceSpec:
     extra_ports: tuple[int, ...] = ()
 
 
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when GET `url` answers 200 within `timeout` (a service's health check)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
 def java_binary() -> str:
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
@@ -173,11 +182,7 @@ def mlflow(settings: Settings) -> ServiceSpec:
         (root / "artifacts").mkdir(parents=True, exist_ok=True)
 
     def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{settings.mlflow_port}/health", timeout=1) as r:
-                return r.status == 200
-        except Exception:
-            return False
+        return http_ok(f"http://127.0.0.1:{settings.mlflow_port}/health")
 
     def command() -> list[str]:
         return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",

@@ -11,11 +11,10 @@
 from __future__ import annotations
 
 import sys
-import urllib.request
 
 from eightbox.settings import Settings
 
-from .services import ServiceSpec, StackError
+from .services import ServiceSpec, StackError, http_ok
 
 NAME = "serving"
 
@@ -37,11 +36,7 @@ def serving(settings: Settings) -> ServiceSpec:
         apply(settings)
 
     def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base_url(settings)}/healthz", timeout=1) as r:
-                return r.status == 200
-        except Exception:
-            return False
+        return http_ok(f"{base_url(settings)}/healthz")
 
     def command() -> list[str]:
         return [sys.executable, "-m", "eightbox.serving"]

@@ -32,9 +32,19 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _check(path: Path, expected: str) -> None:
-    if _sha256(path) != expected:
-        raise ValueError(f"{path} does not match the hash recorded when it was saved")
+def _write_meta(path: Path, data_file: Path, **meta) -> None:
+    """The manifest, written last: its presence marks a whole save; it records the data file's hash."""
+    path.write_text(json.dumps({"format": FORMAT, **meta, "sha256": _sha256(data_file)}, indent=2))
+
+
+def _read_meta(path: Path, data_file: Path, what: str) -> dict:
+    """The manifest, after checking its format and that `data_file` still hashes to it."""
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"unsupported {what} format {meta.get('format')!r}")
+    if _sha256(data_file) != meta["sha256"]:
+        raise ValueError(f"{data_file} does not match the hash recorded when it was saved")
+    return meta
 
 
 class ItemCatalog:
@@ -97,18 +107,14 @@ class ItemCatalog:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.frame.to_parquet(d / self.CATALOG_FILE, index=False)
-        meta = {"format": FORMAT, "n_items": len(self), "static_items": list(self.static_items),
-                "sha256": _sha256(d / self.CATALOG_FILE)}
-        (d / self.META_FILE).write_text(json.dumps(meta, indent=2))  # last: its presence marks a whole save
+        _write_meta(d / self.META_FILE, d / self.CATALOG_FILE, n_items=len(self),
+                    static_items=list(self.static_items))
         return d
 
     @classmethod
     def load(cls, directory: str | Path) -> ItemCatalog:
         d = Path(directory)
-        meta = json.loads((d / cls.META_FILE).read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"unsupported catalog format {meta.get('format')!r}")
-        _check(d / cls.CATALOG_FILE, meta["sha256"])
+        meta = _read_meta(d / cls.META_FILE, d / cls.CATALOG_FILE, "catalog")
         return cls(pd.read_parquet(d / cls.CATALOG_FILE), meta["static_items"])
 
 
@@ -187,17 +193,13 @@ class Covisitation:
         d.mkdir(parents=True, exist_ok=True)
         np.savez(d / self.ARRAYS_FILE, items=self.items, offsets=self.offsets, neighbors=self.neighbors,
                  scores=self.scores)
-        meta = {"format": FORMAT, "params": self.params, "n_items": len(self), "n_pairs": int(len(self.scores)),
-                "sha256": _sha256(d / self.ARRAYS_FILE)}
-        (d / self.META_FILE).write_text(json.dumps(meta, indent=2))  # last: its presence marks a whole save
+        _write_meta(d / self.META_FILE, d / self.ARRAYS_FILE, params=self.params, n_items=len(self),
+                    n_pairs=int(len(self.scores)))
         return d
 
     @classmethod
     def load(cls, directory: str | Path) -> Covisitation:
         d = Path(directory)
-        meta = json.loads((d / cls.META_FILE).read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"unsupported covisitation format {meta.get('format')!r}")
-        _check(d / cls.ARRAYS_FILE, meta["sha256"])
+        meta = _read_meta(d / cls.META_FILE, d / cls.ARRAYS_FILE, "covisitation")
         with np.load(d / cls.ARRAYS_FILE, allow_pickle=False) as z:
             return cls(z["items"], z["offsets"], z["neighbors"], z["scores"], meta["params"])
