@@ -112,9 +112,12 @@ class _Towers(nn.Module):
                           self.item_creator[idx])
 
     def users(self, uid: torch.Tensor, hist: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        uniq, inv = torch.unique(hist, return_inverse=True)  # each distinct history item once
-        emb = self.known_items(uniq) * (uniq != 0).unsqueeze(1)  # (n_distinct, d), pads zero
-        bag = emb[inv].sum(1) / (hist != 0).sum(1, keepdim=True).clamp(min=1)  # (B, d) mean of (B, n_recent, d)
+        if hist.is_cuda:  # torch.unique syncs the device (its size is data-dependent); embed every slot
+            emb = self.known_items(hist.reshape(-1)).view(*hist.shape, -1) * (hist != 0).unsqueeze(2)
+        else:  # each distinct history item once: on a CPU the item tower's cost is per row
+            uniq, inv = torch.unique(hist, return_inverse=True)
+            emb = (self.known_items(uniq) * (uniq != 0).unsqueeze(1))[inv]  # pads zero
+        bag = emb.sum(1) / (hist != 0).sum(1, keepdim=True).clamp(min=1)  # (B, d) mean of (B, n_recent, d)
         parts = [self.user_id(uid), bag]
         if self.dense is not None:
             parts.append(self.dense(dense))
@@ -242,14 +245,22 @@ class TwoTower:
             self._user_ids(users), self._user_ids(users, known=False), hist, self._dense(users, user_features),
             item, inter["weight"].to_numpy(np.float32), log_q.astype(np.float32))
         gen = torch.Generator().manual_seed(cfg.seed)
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        cuda = self.device.startswith("cuda")
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda or None)
         self.net.train()
         for epoch in range(1, cfg.epochs + 1):
-            started, total, weight = time.monotonic(), 0.0, 0.0
-            for batch in torch.randperm(n, generator=gen).split(cfg.batch_size):
-                drop_u, drop_i = (torch.rand(2, len(batch), generator=gen) < cfg.id_dropout).to(self.device)
-                b = batch.to(self.device)
-                ib = I[b]
+            started = time.monotonic()
+            # The epoch's shuffle and id-dropout draws are made up front on the CPU generator, in the
+            # order a per-batch loop would draw them (same stream, same CPU model), and copied to the
+            # device once: per-batch host-to-device copies and .item() syncs starve a GPU.
+            perm = torch.randperm(n, generator=gen)
+            drops = torch.cat([torch.rand(2, len(b), generator=gen) < cfg.id_dropout
+                               for b in perm.split(cfg.batch_size)], 1).to(self.device)
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            weight = torch.zeros((), dtype=torch.float64, device=self.device)
+            for start, b in zip(range(0, n, cfg.batch_size), perm.to(self.device).split(cfg.batch_size)):
+                drop_u, drop_i = drops[:, start:start + len(b)]
+                ib, wb = I[b], W[b]
                 u = self.net.users(torch.where(drop_u, B[b], U[b]), H[b], D[b])  # (batch, dim)
                 v = self.net.known_items(ib, iid=torch.where(drop_i, 0, ib))  # (batch, dim)
                 logits = u @ v.T / cfg.temperature
@@ -259,13 +270,14 @@ class TwoTower:
                 dup = (ib[None, :] == ib[:, None]) & ~torch.eye(len(b), dtype=torch.bool, device=self.device)
                 logits = logits.masked_fill(dup, float("-inf"))
                 loss_each = F.cross_entropy(logits, torch.arange(len(b), device=self.device), reduction="none")
-                loss = (loss_each * W[b]).sum() / W[b].sum()
+                loss = (loss_each * wb).sum() / wb.sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total, weight = total + loss.item() * float(W[b].sum()), weight + float(W[b].sum())
+                total += loss.detach().double() * wb.sum().double()
+                weight += wb.sum().double()
             if progress:
-                progress(EpochStats(epoch, cfg.epochs, total / weight, time.monotonic() - started))
+                progress(EpochStats(epoch, cfg.epochs, float(total / weight), time.monotonic() - started))
         self.net.eval()
 
     # --- inference ----------------------------------------------------------------------------------
