@@ -1,0 +1,86 @@
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from eightbox.training.promotion import (ArmStats, Evidence, LadderConfig, LadderState, ShadowStats, decide,
+                                         experiment_for)
+
+T0 = datetime(2024, 1, 5, tzinfo=timezone.utc)
+CFG = LadderConfig(shadow_hours=6, canary_hours=12, holdback_hours=24, min_shadow_requests=50,
+                   min_arm_impressions=500, max_ctr_drop=0.1)
+HEALTHY_SHADOW = ShadowStats(requests=80, score_psi=0.2, challenger_p99_ms=12, champion_p99_ms=10, distinct_scores=500)
+
+
+def at(hours: float) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+def arm(impressions: int, clicks: int, p99: float = 10.0, requests: int = 100, errors: int = 0) -> ArmStats:
+    return ArmStats(impressions=impressions, clicks=clicks, requests=requests, errors=errors, p99_ms=p99)
+
+
+def test_a_gated_challenger_goes_to_shadow_first():
+    assert decide(LadderState("7", "challenger", T0), Evidence(), T0, CFG).action == "start_shadow"
+
+
+def test_shadow_waits_for_its_window_and_enough_requests_then_goes_to_canary():
+    s = LadderState("7", "shadow", T0)
+    assert decide(s, Evidence(shadow=HEALTHY_SHADOW), at(5.9), CFG).action == "wait"
+    few = ShadowStats(requests=10, score_psi=0.1, challenger_p99_ms=10, champion_p99_ms=10, distinct_scores=9)
+    assert decide(s, Evidence(shadow=few), at(7), CFG).action == "wait"
+    assert decide(s, Evidence(shadow=HEALTHY_SHADOW), at(6), CFG).action == "start_canary"
+
+
+@pytest.mark.parametrize("shadow, words", [
+    (ShadowStats(requests=80, score_psi=0.1, challenger_p99_ms=10, champion_p99_ms=10, distinct_scores=1), "same score"),
+    (ShadowStats(requests=80, score_psi=3.0, challenger_p99_ms=10, champion_p99_ms=10, distinct_scores=99), "PSI"),
+    (ShadowStats(requests=80, score_psi=0.1, challenger_p99_ms=50, champion_p99_ms=10, distinct_scores=99), "p99"),
+])
+def test_a_broken_shadow_is_rejected_at_once_with_the_reason(shadow, words):
+    d = decide(LadderState("7", "shadow", T0), Evidence(shadow=shadow), at(1), CFG)
+    assert d.action == "reject" and words in " ".join(d.reasons)
+
+
+def test_a_canary_that_loses_ctr_beyond_the_guardrail_is_rejected():
+    d = decide(LadderState("7", "canary", T0), Evidence(champion=arm(4000, 400), challenger=arm(1000, 80)), at(3), CFG)
+    assert d.action == "reject" and "20.0% below" in d.reasons[0]
+
+
+def test_a_ctr_guardrail_is_not_judged_on_too_little_traffic():
+    ev = Evidence(champion=arm(4000, 400), challenger=arm(100, 2))
+    assert decide(LadderState("7", "canary", T0), ev, at(3), CFG).action == "wait"
+
+
+def test_a_canary_within_guardrails_is_promoted_after_its_window():
+    ev = Evidence(champion=arm(4000, 400), challenger=arm(1000, 95))  # 5 % lower: within 10 %
+    s = LadderState("7", "canary", T0)
+    assert decide(s, ev, at(11), CFG).action == "wait"
+    assert decide(s, ev, at(12), CFG).action == "promote"
+
+
+def test_an_erroring_canary_is_rejected():
+    ev = Evidence(champion=arm(4000, 400), challenger=arm(1000, 100, requests=100, errors=5))
+    assert decide(LadderState("7", "canary", T0), ev, at(1), CFG).action == "reject"
+
+
+def test_a_new_champion_worse_than_the_holdback_is_rolled_back_and_a_good_one_ends_the_holdback():
+    s = LadderState("7", "champion", T0)
+    bad = Evidence(champion=arm(600, 90), challenger=arm(9000, 900))  # holdback 0.15 vs new 0.10
+    assert decide(s, bad, at(5), CFG).action == "rollback"
+    good = Evidence(champion=arm(600, 60), challenger=arm(9000, 1000))
+    assert decide(s, good, at(5), CFG).action == "wait"
+    assert decide(s, good, at(24), CFG).action == "end_holdback"
+
+
+def test_each_rung_sets_the_serving_experiment():
+    assert experiment_for("shadow", CFG) == dict(challenger_share=0.0, shadow=True, holdback_share=0.0)
+    assert experiment_for("canary", CFG)["challenger_share"] == CFG.canary_share
+    assert experiment_for("champion", CFG)["holdback_share"] == CFG.holdback_share
+    assert experiment_for("rolled_back", CFG) == dict(challenger_share=0.0, shadow=False, holdback_share=0.0)
+
+
+def test_shares_are_validated():
+    with pytest.raises(ValueError):
+        LadderConfig(canary_share=0.0)
+    with pytest.raises(ValueError):
+        LadderConfig(canary_share=0.9, holdback_share=0.2)
