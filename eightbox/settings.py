@@ -159,6 +159,37 @@ class Settings(BaseSettings):
     """Multiplies every funnel stage budget and timeout and the whole-request timeout: 1 is the
     production budget (100 ms); tests on a shared machine and slow demos raise it."""
 
+    # --- Monitoring --------------------------------------------------------------------------
+    monitoring_thresholds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    """Overrides of monitoring thresholds as {name: [watch, act]} (JSON in the environment, e.g.
+    ``{"psi": [0.1, 0.25]}``); names and defaults in monitoring/thresholds.py."""
+
+    monitoring_interval_s: float = Field(3600.0, gt=0)
+    """How often the monitoring service (`python -m eightbox.monitoring`) runs the checks."""
+
+    monitoring_window_s: float = Field(86_400.0, gt=0)
+    """Length of the window each scheduled run checks, ending at the run's time."""
+
+    monitoring_attribution_window_s: float = Field(3600.0, gt=0)
+    """A click or engagement later than this after an impression is not its label (as in training)."""
+
+    monitoring_label_delay_s: float = Field(7200.0, gt=0)
+    """Impressions younger than this at the window end have no final label yet: CTR, engagement and
+    ECE leave them out. At least the attribution window."""
+
+    monitoring_returning_lookback_days: float = Field(30.0, gt=0)
+    """A user who clicked or engaged within this many days before a window is "returning", else "new"."""
+
+    monitoring_metrics_url: str | None = None
+    """The serving /metrics the system layer scrapes; unset means `serving_host`:`serving_port`."""
+
+    @model_validator(mode="after")
+    def _monitoring_labels_mature(self) -> "Settings":
+        if self.monitoring_label_delay_s < self.monitoring_attribution_window_s:
+            raise ValueError("EIGHTBOX_MONITORING_LABEL_DELAY_S must be at least the attribution window: "
+                             "an impression is labelled only once its attribution window has closed")
+        return self
+
     # --- Startup -----------------------------------------------------------------------------
     start_timeout_s: float = 90.0
     """How long `eightbox up` waits for a service to become healthy."""
