@@ -306,12 +306,15 @@ def bench_ann(quick: bool = typer.Option(False, help="100k vectors only.")) -> N
 
 
 @bench_app.command("serve")
-def bench_serve(quick: bool = typer.Option(False, help="25/50/100 RPS for 5 s each.")) -> None:
-    """Open-loop load on the serving API beside a floor server (same framework, precomputed list)."""
+def bench_serve(quick: bool = typer.Option(False, help="5 s per rate instead of 15 s (same catalog)."),
+                catalog: int = typer.Option(100_000, min=1_000, help="Items in the bench's own world (built once, then cached)."),
+                url: Optional[str] = typer.Option(None, help="Measure this running API instead of a stack of "
+                                                             "the bench's own (e.g. the demo's http://127.0.0.1:18000).")) -> None:
+    """Open-loop load at 25–200 RPS on the serving API beside a floor server (same framework, precomputed list)."""
     from eightbox.serving.bench_serve import run
 
     with _one_line_errors():
-        typer.echo(json.dumps(run(_settings(), quick=quick)))
+        typer.echo(json.dumps(run(_settings(), quick=quick, url=url, catalog=catalog)))
 
 
 @bench_app.command("train")
