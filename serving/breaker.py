@@ -81,7 +81,9 @@ class CircuitBreaker:
             return False
 
     def record(self, success: bool, latency_s: float) -> None:
-        """Report the outcome of a call that `allow()` admitted (a timeout is `success=False`)."""
+        """Report the outcome of a call that `allow()` admitted (a timeout is `success=False`).
+        While half-open, results count only as long as a trial is outstanding (results carry no
+        ticket, so a straggler reporting while a trial is out is taken as that trial's)."""
         with self._lock:
             now = self._clock()
             self._advance(now)
@@ -89,6 +91,10 @@ class CircuitBreaker:
             if self._state is State.OPEN:
                 return  # a straggler admitted before the breaker opened: the verdict is already in
             if self._state is State.HALF_OPEN:
+                if self._trial_successes >= self._trials:
+                    # No trial of this half-open period is outstanding: a straggler admitted before
+                    # the breaker opened. Its verdict is stale; only the trials may close or reopen it.
+                    return
                 # A slow success is not a recovery when latency is what the breaker watches.
                 if not success or (p.latency_s is not None and latency_s >= p.latency_s):
                     self._enter(State.OPEN, now)

@@ -146,6 +146,18 @@ def test_results_of_calls_admitted_before_it_opened_do_not_close_it():
     assert b.state is State.OPEN
 
 
+@pytest.mark.parametrize("success", [True, False])
+def test_a_straggler_reporting_once_half_open_neither_closes_nor_reopens_it(success):
+    b, clock = tripped()
+    clock.now += 5
+    assert b.state is State.HALF_OPEN
+    b.record(success, 0.01)  # admitted while closed, answered after the open period: before any trial
+    assert b.state is State.HALF_OPEN
+    assert b.allow() and not b.allow()  # the trial is still to come, and still only one
+    b.record(True, 0.01)
+    assert b.state is State.CLOSED
+
+
 def test_guard_records_outcome_and_duration_around_sync_and_async_work():
     b, clock = breaker()
     with pytest.raises(ZeroDivisionError):
