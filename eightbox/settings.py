@@ -159,6 +159,16 @@ class Settings(BaseSettings):
     """Multiplies every funnel stage budget and timeout and the whole-request timeout: 1 is the
     production budget (100 ms); tests on a shared machine and slow demos raise it."""
 
+    serving_trust_request_time: bool = False
+    """Honour /recommend's `context.request_time`: impressions and shadow events are stamped with the
+    client's time, not the server's. Off by default in every environment (a client could back-date
+    its impressions); turn it on for simulated-time runs only (the closed-loop demo, tests). When
+    off, a request that carries it is refused with 422 rather than silently stamped with another time."""
+
+    serving_shadow_max_in_flight: int = Field(4, ge=1)
+    """Shadow-scoring runs (the challenger scored beside the champion, never shown) at once; beyond
+    it a request's shadow run is dropped and counted, so shadow work never queues behind traffic."""
+
     # --- Monitoring --------------------------------------------------------------------------
     monitoring_thresholds: dict[str, tuple[float, float]] = Field(default_factory=dict)
     """Overrides of monitoring thresholds as {name: [watch, act]} (JSON in the environment, e.g.

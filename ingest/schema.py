@@ -68,6 +68,9 @@ class ImpressionServed(_Event):
     experiment_arm: str = "control"
     features: dict[str, float] = Field(default_factory=dict)
     score: float | None = None
+    # Interleaved lists only: the arm whose ranking contributed this item ("champion" or "challenger");
+    # a click on it credits that arm (team-draft interleaving).
+    team: str | None = Field(default=None, max_length=64)
 
 
 class ItemClicked(_Event):
@@ -113,13 +116,33 @@ class ItemPublished(_Event):
         return self.item_id
 
 
+class ShadowScored(_Event):
+    """What the challenger would have shown on a request the champion answered (shadow scoring),
+    beside what the champion showed. Never an impression: nobody saw the challenger's list, so it must
+    not count as shown nor become training data; monitoring compares the two score distributions."""
+
+    event_type: Literal["shadow_scored"] = "shadow_scored"
+    request_id: str
+    user_id: str
+    champion_version: str
+    challenger_version: str
+    champion_item_ids: list[str] = Field(default_factory=list, max_length=1000)
+    champion_scores: list[float | None] = Field(default_factory=list, max_length=1000)  # None: no ranker score
+    challenger_item_ids: list[str] = Field(default_factory=list, max_length=1000)
+    challenger_scores: list[float | None] = Field(default_factory=list, max_length=1000)
+    champion_rung: str = "full"
+    challenger_rung: str = "full"
+    champion_latency_ms: float = Field(ge=0.0)
+    challenger_latency_ms: float = Field(ge=0.0)
+
+
 Event = Annotated[
-    Union[ImpressionServed, ItemClicked, ItemEngaged, UserSignedUp, ItemPublished],
+    Union[ImpressionServed, ItemClicked, ItemEngaged, UserSignedUp, ItemPublished, ShadowScored],
     Field(discriminator="event_type"),
 ]
 EVENT_TYPES: dict[str, type[_Event]] = {
     cls.model_fields["event_type"].default: cls
-    for cls in (ImpressionServed, ItemClicked, ItemEngaged, UserSignedUp, ItemPublished)
+    for cls in (ImpressionServed, ItemClicked, ItemEngaged, UserSignedUp, ItemPublished, ShadowScored)
 }
 
 # Topic names and partition counts: the only place they are written down.
@@ -129,6 +152,7 @@ TOPICS: dict[str, Topic] = {
     "item_engaged": Topic("eightbox.engagements", 6),
     "user_signed_up": Topic("eightbox.users", 3),
     "item_published": Topic("eightbox.items", 3),
+    "shadow_scored": Topic("eightbox.shadow-scores", 3),
 }
 DEAD_LETTER = Topic("eightbox.dead-letter", 3)
 # Produced by the Flink job: windowed feature values on their way to Feast, and events that came

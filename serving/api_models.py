@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
+from pydantic import AliasChoices, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
 
 from eightbox.ingest.schema import ItemClicked, ItemEngaged
 
@@ -42,6 +42,10 @@ class RecommendContext(_Strict):
     attributes: dict[Short, Annotated[str, StringConstraints(max_length=256)]] = Field(
         default_factory=dict, max_length=MAX_CONTEXT_ATTRIBUTES,
         description="Free client context (locale, device class, ...): at most 16 short strings.")
+    request_time: AwareDatetime | None = Field(None, description=(
+        "The request's time, with its zone: served impressions (and shadow events) are stamped with it "
+        "instead of the server's clock. Only for simulated-time runs (demos, tests): refused with 422 "
+        "unless the server sets EIGHTBOX_SERVING_TRUST_REQUEST_TIME."))
 
 
 class _RecommendRequestBase(_Strict):
@@ -80,7 +84,9 @@ class Explanation(_Strict):
     stages: list[StageReport] = Field(default_factory=list, max_length=64)
     model_versions: dict[Short, Annotated[str, StringConstraints(max_length=128)]] = Field(
         default_factory=dict, max_length=32)
-    experiment_arm: Short = "control"
+    experiment_arm: Short = Field("control", description=(
+        "The experiment arm that served: champion, challenger, holdback or interleaved (control: the "
+        "static fallback, outside any experiment)."))
 
 
 class RecommendResponse(_Strict):

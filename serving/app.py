@@ -55,10 +55,13 @@ class ServingDeps:
 
     `recommend(user_id, k, context, request_id)` returns a `RecommendResponse` without request_id and
     user_id: {"rung", "items": [{"item_id", "score", "p_click", "p_engaged", "source", "explored",
-    "features": {name: float}}], "explanation": {"stages": [...], "model_versions", "experiment_arm"}}
-    (`api_models.answer_from_recommendation` builds it from the funnel's Recommendation). The app
-    keeps the first k items, numbers positions by list order, logs `features` (never returned) and
-    drops keys the API does not publish. `context` is {"surface", "exclude_item_ids", "attributes"}.
+    "features": {name: float}, "team": arm (interleaved lists only)}], "explanation": {"stages": [...],
+    "model_versions", "experiment_arm"}} (`api_models.answer_from_recommendation` builds it from the
+    funnel's Recommendation). The app keeps the first k items, numbers positions by list order, logs
+    `features` and `team` (never returned) and drops keys the API does not publish. `context` is
+    {"surface", "exclude_item_ids", "attributes", "request_time"} (request_time: None unless the
+    client sent one and `serving_trust_request_time` is on). `log_impressions(response, features,
+    surface, teams=, served_at=)`: teams None unless interleaved, served_at None for "now".
     `static` has the same signature, is synchronous, and must not fail. Admin callables may be sync
     (run in a thread) or async; they return a dict, raise LookupError (→ 404) or ValueError (→ 409).
     """
@@ -66,7 +69,7 @@ class ServingDeps:
     settings: Settings
     recommend: Recommend
     publish: Callable[[Any], Any]  # EventProducer.publish: returns a future with .get(timeout), or None
-    log_impressions: Callable[[RecommendResponse, list[dict[str, float]], str], Any] | None = None
+    log_impressions: Callable[..., Any] | None = None  # see the docstring
     readiness: Callable[[], Mapping[str, Any]] = lambda: {"ready": True, "checks": {}}
     reload: Callable[[], Any] | None = None
     promote: Callable[[str], Any] | None = None
@@ -125,21 +128,24 @@ def create_app(deps: ServingDeps) -> FastAPI:
                                        f"retry after {s.serving_retry_after_s} s"), 429, headers=retry_after)
 
     # --- /recommend ---------------------------------------------------------------------------
-    def shape(raw: Any, user_id: str, k: int, request_id: str) -> tuple[RecommendResponse, list[dict]]:
+    Served = tuple[RecommendResponse, list[dict], list[str | None]]
+
+    def shape(raw: Any, user_id: str, k: int, request_id: str) -> Served:
         """The funnel's dict, validated into the public response: at most k items, positions by list
-        order, features split off for the log, keys the API does not publish dropped."""
+        order, features and teams split off for the log, keys the API does not publish dropped."""
         if not isinstance(raw, Mapping) or not isinstance(raw.get("items"), list):
             raise TypeError(f"recommend returned {type(raw).__name__}, not a dict with an items list")
-        items, features = [], []
+        items, features, teams = [], [], []
         for position, item in enumerate(raw["items"][:k]):
             item = dict(item)
             features.append(item.pop("features", None) or {})
+            teams.append(item.pop("team", None))
             items.append({**item, "position": position})
         response = RecommendResponse.model_validate(
             {**raw, "items": items, "request_id": request_id, "user_id": user_id}, extra="ignore")
-        return response, features
+        return response, features, teams
 
-    async def serve(user_id: str, k: int, context: dict, request_id: str) -> tuple[RecommendResponse, list[dict]]:
+    async def serve(user_id: str, k: int, context: dict, request_id: str) -> Served:
         started = time.perf_counter()
         try:
             raw = await asyncio.wait_for(deps.recommend(user_id, k, context, request_id), s.serving_request_timeout_s)
@@ -169,13 +175,17 @@ def create_app(deps: ServingDeps) -> FastAPI:
     async def recommend(body: RecommendRequest) -> Any:  # type: ignore[valid-type]
         """Rank `k` items for `user_id`. The response names the ladder rung that served it and
         reports every funnel stage (source, candidates in and out, latency, status)."""
+        if body.context.request_time is not None and not s.serving_trust_request_time:
+            return JSONResponse(error_body(
+                "invalid_request", "context.request_time is not accepted by this server: it is honoured only "
+                "with EIGHTBOX_SERVING_TRUST_REQUEST_TIME on (simulated-time runs); leave it out"), 422)
         limiter = limiters["/recommend"]
         if not limiter.try_acquire():
             return shed("/recommend")
         request_id = "r" + secrets.token_hex(12)
         context = body.context.model_dump()
         try:
-            response, features = await serve(body.user_id, body.k, context, request_id)
+            response, features, teams = await serve(body.user_id, body.k, context, request_id)
         except _Unavailable as e:
             return JSONResponse(error_body("unavailable", str(e)), 503, headers=retry_after)
         finally:
@@ -184,7 +194,8 @@ def create_app(deps: ServingDeps) -> FastAPI:
         metrics.observe_recommendation(response.rung, ((st.name, st.status, st.latency_ms) for st in ex.stages))
         if deps.log_impressions is not None and response.items:
             try:  # must not block: ImpressionLogger.submit only queues
-                deps.log_impressions(response, features, context["surface"])
+                deps.log_impressions(response, features, context["surface"],
+                                     teams=teams if any(teams) else None, served_at=context["request_time"])
             except Exception:
                 log.exception("impression logging failed for request %s", request_id)
         # Validated once by shape(): serialize it directly rather than have FastAPI validate it again.

@@ -1,22 +1,23 @@
 """The one place that wires a serving process: `bootstrap(settings) -> (app, resources)`.
 
-It builds, in order: the champion's `ModelSet` from the registry (None when there is none yet or
-the registry is unreachable: the funnel then answers from its lower rungs and /readyz says 503), the
-funnel on the online store, one `EventProducer` shared by POST /events and the `ImpressionLogger`,
-the `Reloader` that follows the champion alias, readiness checks, and the admin callables (reload,
-promote, rollback = registry action, then reload). The returned app's lifespan starts the
-popularity board and the reloader inside the running loop, stops them at shutdown, and then
-`close()` flushes the impression log and the producer.
+It builds, in order: the funnel on the online store, the `ArmRouter` that sends each request to its
+experiment arm, one `EventProducer` shared by POST /events, the `ImpressionLogger` and the
+`ShadowScorer`, the `Reloader` that follows the registry (champion, challenger and holdback aliases,
+experiment tags), readiness checks, and the admin callables (reload, promote, rollback = registry
+action, then reload). The returned app's lifespan first loads what the registry names (before the
+server accepts requests, as a process without a champion: the lower rungs answer and /readyz says
+503 until one loads), then starts the popularity board and the reloader inside the running loop;
+at shutdown it stops them, waits for shadow runs in flight, and `close()` flushes the impression log
+and the producer.
 
-Building connects to nothing but MLflow (for the champion) and the Feast registry file; Kafka and
-Redis are first contacted by a request, a readiness probe or a background task. Importing this
-module connects to nothing.
+Building connects to nothing but the Feast registry file; MLflow, Kafka and Redis are first
+contacted by the lifespan, a request, a readiness probe or a background task. Importing this module
+connects to nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,20 +42,30 @@ class Resources:
     """What one serving process holds; `start`/`stop` run in its event loop, `close` once at exit."""
 
     settings: Settings
-    funnel: Any  # serving.funnel.Funnel: ``funnel.models`` is the reference a reload swaps
+    funnel: Any  # serving.funnel.Funnel: ``funnel.models`` is the champion (popularity board, static rung)
+    router: Any  # serving.arms.ArmRouter: ``router.state`` is the reference a reload swaps
     producer: Any  # ingest.producer.EventProducer
     logger: Any  # serving.impression_log.ImpressionLogger
+    shadow: Any  # serving.shadow.ShadowScorer
     reloader: Any  # serving.reloader.Reloader
     redis: Any  # a redis client for the readiness probe
     kafka: Any  # the producer's KafkaProducer, for the readiness probe
 
     async def start(self) -> None:
+        if self.router.state.champion is None:  # load what the registry names before serving
+            try:
+                await self.reloader.check()
+                log.info("serving champion v%s", self.reloader.current)
+            except Exception as exc:  # the reloader keeps trying; meanwhile the lower rungs answer
+                log.warning("no champion loaded at start (%s: %s); polling every %.0f s", type(exc).__name__,
+                            exc, self.settings.serving_reload_interval_s)
         self.funnel.board.start()
         self.reloader.start()
 
     async def stop(self) -> None:
         await self.reloader.stop()
         await self.funnel.board.stop()
+        await self.shadow.drain()
 
     def close(self) -> None:
         """Hand every queued impression to the producer, then flush and close it."""
@@ -68,11 +79,15 @@ class Resources:
 
     def readiness(self) -> dict[str, Any]:
         """Ready = models loaded, Redis answers a ping, the producer reached a broker."""
-        models = self.funnel.models
+        state = self.router.state
+        models = state.champion
         checks: dict[str, str] = {}
         if models is not None:  # which user tower encodes requests: "numpy", "torch" (older bundles) or none
             tower = models.versions.get("user_tower") or "none"
-            checks["models"] = f"ok: champion v{self.reloader.current}, user tower {tower}"
+            others = ", ".join(f"{arm} v{state.versions[arm]}" for arm in ("challenger", "holdback")
+                               if state.versions[arm] is not None)
+            checks["models"] = f"ok: champion v{self.reloader.current}, user tower {tower}" + (
+                f"; {others}" if others else "")
         else:
             checks["models"] = "no champion loaded" + (f" ({self.reloader.last_error})"
                                                        if self.reloader.last_error else "")
@@ -97,66 +112,44 @@ class Resources:
 
 
 def bootstrap(settings: Settings, *, models: Any = ...) -> tuple[Any, Resources]:
-    """The serving app and what it holds. `models`: a ModelSet (or None) to start with instead of
-    the registry's champion (tests)."""
+    """The serving app and what it holds. `models`: a ModelSet to start with as the champion instead
+    of loading the registry's at start-up (tests; None: start with no models, as `...` does)."""
     import redis
 
     from eightbox.ingest.producer import EventProducer, kafka_producer
     from eightbox.training import registry
 
-    from .api_models import answer_from_recommendation
     from .app import ServingDeps, create_app
+    from .arms import ArmRouter, ServingState
     from .funnel import build_funnel
     from .impression_log import ImpressionLogger
     from .models import ModelSet
     from .reloader import Reloader
+    from .shadow import ShadowScorer
 
     name = settings.serving_model_name
 
-    def champion() -> str | None:
-        return registry.champion_version(settings, name)
+    def poll() -> dict:
+        return registry.serving_registry_state(settings, name)
 
-    def load(version: str) -> ModelSet:
-        # By alias: from_registry reads the version again; if the alias moved in between, the next
-        # poll sees a version different from the one recorded and loads again.
-        return ModelSet.from_registry(settings, registry.CHAMPION, model_name=name)
+    def load(arm: str, version: str) -> ModelSet:
+        return ModelSet.from_registry(settings, arm, model_name=name, version=version)
 
-    current = None
-    if models is ...:
-        models = None
-        try:
-            current = champion()
-            if current is not None:
-                started = time.perf_counter()
-                models = load(current)
-                current = models.versions.get("model", current)
-                log.info("serving champion %s v%s (loaded in %.1f s)", name, current, time.perf_counter() - started)
-            else:
-                log.warning("no champion for %s yet: serving the lower rungs until one is promoted", name)
-        except Exception as exc:  # the reloader keeps trying; meanwhile the lower rungs answer
-            log.warning("could not load the champion of %s at start (%s: %s); will retry every %.0f s",
-                        name, type(exc).__name__, exc, settings.serving_reload_interval_s)
-            models, current = None, None
-    elif models is not None:
-        current = models.versions.get("model")
-
-    funnel = build_funnel(settings, models, funnel_config(settings))
-
-    def swap(new: ModelSet) -> None:
-        funnel.models = new  # by reference: a request reads funnel.models once, at its start
-
-    reloader = Reloader(champion, load, swap, settings.serving_reload_interval_s, current=current)
+    state = ServingState()
+    if models is not ... and models is not None:
+        state = ServingState(champion=models, versions={"champion": models.versions.get("model")})
+    funnel = build_funnel(settings, state.champion, funnel_config(settings))
     # max_block_ms: a send (or the readiness probe) waits at most this long for broker metadata,
     # rather than kafka-python's 60 s: /events answers 503 within its own ack timeout either way.
     kafka = kafka_producer(settings, client_id="eightbox-serving", max_block_ms=2000)
     producer = EventProducer(settings, producer=kafka, source="serving")
+    shadow = ShadowScorer(funnel, producer.publish, settings.serving_shadow_max_in_flight)
+    router = ArmRouter(funnel, state, shadow)
+    reloader = Reloader(poll, load, router.install, settings.serving_reload_interval_s, state=state)
     logger = ImpressionLogger(producer.publish, settings.serving_impression_sample_share,
                               settings.serving_impression_queue)
     probe = redis.Redis.from_url(settings.redis_address, socket_timeout=0.5, socket_connect_timeout=0.5)
-    res = Resources(settings, funnel, producer, logger, reloader, probe, kafka)
-
-    async def recommend(user_id: str, k: int, context: dict, request_id: str) -> dict:
-        return answer_from_recommendation(await funnel.recommend(user_id, k, context, request_id))
+    res = Resources(settings, funnel, router, producer, logger, shadow, reloader, probe, kafka)
 
     async def reload() -> dict:
         return await reloader.check(force=True)
@@ -173,10 +166,11 @@ def bootstrap(settings: Settings, *, models: Any = ...) -> tuple[Any, Resources]
         restored = await asyncio.to_thread(_registry_call, registry.rollback, settings, model_name=name)
         return {**await reloader.check(), "restored": restored}
 
-    deps = ServingDeps(settings=settings, recommend=recommend, publish=producer.publish, log_impressions=logger,
-                       readiness=res.readiness, reload=reload, promote=promote, rollback=rollback,
-                       static=res.static, stats={"impressions": logger.stats, "reloader": reloader.stats},
-                       close=res.close)
+    deps = ServingDeps(settings=settings, recommend=router.recommend, publish=producer.publish,
+                       log_impressions=logger, readiness=res.readiness, reload=reload, promote=promote,
+                       rollback=rollback, static=res.static, close=res.close,
+                       stats={"impressions": logger.stats, "reloader": reloader.stats, "shadow": shadow.stats,
+                              "experiment": router.stats})
     app = create_app(deps)
     inner = app.router.lifespan_context
 

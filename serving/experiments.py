@@ -6,8 +6,10 @@ other. Assignment is a pure function of (salt, user id): the same user gets the 
 process, on every replica and after every restart, with nothing stored. It uses a keyed digest, never
 Python's `hash()`, which is salted per process (PYTHONHASHSEED).
 
-Serving uses two layers (`ExperimentConfig`): "model" (champion vs challenger, an A/B split) and
-"interleave" (the share of traffic served a team-draft interleaving of both, see `interleaving.py`).
+Serving uses two layers (`ExperimentConfig`): "model" (champion vs challenger vs holdback: an A/B
+split, plus a long-running holdback kept on the previous champion to measure what the promotions since
+have added) and "interleave" (the share of traffic served a team-draft interleaving of champion and
+challenger, see `interleaving.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, HOLDBACK = "champion", "challenger", "holdback"
 INTERLEAVE, OFF = "interleave", "off"
 INTERLEAVED = "interleaved"  # the arm label of an interleaved request (see Assignment.label)
 
@@ -67,13 +69,14 @@ def assign(user_id: str, layer: Layer) -> str:
 class Assignment:
     """What serving does for one request."""
 
-    model_arm: str  # CHAMPION or CHALLENGER: whose ranking is shown when not interleaved
+    model_arm: str  # CHAMPION, CHALLENGER or HOLDBACK: whose ranking is shown when not interleaved
     interleaved: bool  # show a team-draft interleaving of champion and challenger instead
     shadow: bool  # score the challenger too, log its scores, show none of it
 
     @property
     def label(self) -> str:
-        """The arm to log (ImpressionServed.experiment_arm): "champion", "challenger" or "interleaved".
+        """The arm to log (ImpressionServed.experiment_arm): "champion", "challenger", "holdback" or
+        "interleaved".
 
         The A/B analysis drops "interleaved": since the layers are independent, that removes the
         same fraction of each model arm and leaves the comparison unbiased."""
@@ -82,11 +85,16 @@ class Assignment:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """The layers serving reads. All-zero shares (the default) send everyone to the champion."""
+    """The layers serving reads. All-zero shares (the default) send everyone to the champion.
+
+    The model layer's slices of [0, 1) are, in order: champion, holdback, challenger. So the
+    challenger's users are the top `challenger_share` of the hash whatever the holdback's share, and
+    a holdback of 0 leaves every assignment as it was before holdbacks existed."""
 
     challenger_share: float = 0.0  # A/B: fraction of users whose ranking comes from the challenger
-    interleave_share: float = 0.0  # fraction of users served an interleaving of both models
+    interleave_share: float = 0.0  # fraction of users served an interleaving of champion and challenger
     shadow_challenger: bool = False  # score the challenger on every request, log it, never show it
+    holdback_share: float = 0.0  # fraction of users kept on the previous champion (alias ``holdback``)
     model_salt: str = "model-1"  # bump to re-draw the A/B population (e.g. for a new challenger)
     interleave_salt: str = "interleave-1"
     layers: tuple[Layer, Layer] = field(init=False, repr=False, compare=False)
@@ -94,19 +102,40 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.model_salt == self.interleave_salt:
             raise ValueError("layers need different salts, or their assignments are the same draw")
+        if self.challenger_share + self.holdback_share > 1.0 + 1e-9:
+            raise ValueError(f"challenger_share + holdback_share must be <= 1, got "
+                             f"{self.challenger_share} + {self.holdback_share}")
+        champion = max(0.0, 1.0 - self.challenger_share - self.holdback_share)
         model = Layer("model", self.model_salt,
-                      {CHAMPION: 1.0 - self.challenger_share, CHALLENGER: self.challenger_share})
+                      {CHAMPION: champion, HOLDBACK: self.holdback_share, CHALLENGER: self.challenger_share})
         interleave = Layer("interleave", self.interleave_salt,
                            {OFF: 1.0 - self.interleave_share, INTERLEAVE: self.interleave_share})
         object.__setattr__(self, "layers", (model, interleave))
 
-    def assign(self, user_id: str, challenger_ready: bool = True) -> Assignment:
+    @classmethod
+    def from_tags(cls, experiment: Mapping[str, object]) -> ExperimentConfig:
+        """From the registry's experiment state (`training.registry.serving_experiment`): one `salt`
+        names both layers' salts, so bumping it re-draws every population at once."""
+        salt = str(experiment.get("salt", "1"))
+        return cls(challenger_share=float(experiment.get("challenger_share", 0.0)),
+                   interleave_share=float(experiment.get("interleave_share", 0.0)),
+                   shadow_challenger=bool(experiment.get("shadow", False)),
+                   holdback_share=float(experiment.get("holdback_share", 0.0)),
+                   model_salt=f"model-{salt}", interleave_salt=f"interleave-{salt}")
+
+    def assign(self, user_id: str, challenger_ready: bool = True, holdback_ready: bool = True) -> Assignment:
         """The user's assignment. Without a loaded challenger (`challenger_ready=False`: none
-        registered, or it failed to load) everyone gets the champion alone: degrade, don't fail."""
+        registered, or it failed to load) its users get the champion and nobody is interleaved or
+        shadowed; without a loaded holdback its users get the champion: degrade, don't fail.
+        Holdback users see the holdback model alone: never interleaved, never shadowed."""
         model, interleave = self.layers
+        arm = assign(user_id, model)
+        if arm == HOLDBACK:
+            if holdback_ready:
+                return Assignment(HOLDBACK, interleaved=False, shadow=False)
+            arm = CHAMPION
         if not challenger_ready:
             return Assignment(CHAMPION, interleaved=False, shadow=False)
-        arm = assign(user_id, model)
         interleaved = assign(user_id, interleave) == INTERLEAVE
         # Shadow scoring is only extra work where the challenger is not already being scored.
         shadow = self.shadow_challenger and arm == CHAMPION and not interleaved

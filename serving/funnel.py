@@ -16,6 +16,11 @@ Every stage reports ``n_in == n_out + n_filtered + n_deduped``, its latency, and
 timeout, error, breaker_open, skipped). Dependencies are called under a timeout (bounded by the
 request's total budget) and a circuit breaker: "redis" (history, features), "ann" (the two-tower
 source), "ranker". `Funnel.recommend` does not raise for a dependency failure.
+
+Experiments run the funnel once per arm's `ModelSet` (`recommend(models=..., arm=...)`; the
+interleaved arm runs champion and challenger together with `recommend_each`, reading the user's
+history once). The breakers of model-dependent calls ("ann", "ranker") are per arm (``ranker@challenger``),
+so a failing challenger opens its own breakers and never the champion's; "redis" is shared.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from eightbox.serving.sources import PopularityBoard, Skipped, Source, UserConte
 
 log = logging.getLogger(__name__)
 RUNGS = ("full", "fallback", "popularity", "static")
+CHAMPION = "champion"  # the arm whose breakers carry the plain dependency names
+MODEL_BREAKERS = frozenset({"ann", "ranker"})  # calls that depend on an arm's models: breakers per arm
+_UNREAD = object()  # history not read yet for this run
 
 
 @dataclass(frozen=True)
@@ -109,10 +117,18 @@ class Recommendation:
 
 
 class _Run:
-    """One request's clock and stage reports."""
+    """One request's clock and stage reports, for one arm's models."""
 
-    def __init__(self, config: FunnelConfig):
-        self.config, self.start, self.reports = config, time.perf_counter(), []
+    def __init__(self, config: FunnelConfig, arm: str = CHAMPION, start: float | None = None,
+                 reports: Sequence[StageReport] = ()):
+        self.config, self.arm, self.reports = config, arm, list(reports)
+        self.start = time.perf_counter() if start is None else start
+
+    def breaker(self, name: str | None) -> str | None:
+        """The breaker of dependency `name` for this run's arm."""
+        if name in MODEL_BREAKERS and self.arm != CHAMPION:
+            return f"{name}@{self.arm}"
+        return name
 
     def remaining_s(self) -> float:
         return self.config.total_timeout_ms / 1000.0 - (time.perf_counter() - self.start)
@@ -146,9 +162,29 @@ class Funnel:
         self.unavailable = frozenset(unavailable)  # taken-down items; replace the set to change it
 
     async def recommend(self, user_id: str, k: int = 10, context: Mapping[str, Any] | None = None,
-                        request_id: str | None = None) -> Recommendation:
-        """At most min(k, k_max) items for `user_id`; never raises for a dependency failure."""
-        run, models = _Run(self.config), self.models  # one ModelSet for the whole request
+                        request_id: str | None = None, *, models: ModelSet | None = None,
+                        arm: str = CHAMPION) -> Recommendation:
+        """At most min(k, k_max) items for `user_id`; never raises for a dependency failure.
+        `models`: an experiment arm's models instead of ``self.models``; `arm` names the arm."""
+        models = self.models if models is None else models  # one ModelSet for the whole request
+        return await self._recommend(_Run(self.config, arm), models, user_id, k, context, request_id)
+
+    async def recommend_each(self, arms: Mapping[str, ModelSet], user_id: str, k: int = 10,
+                             context: Mapping[str, Any] | None = None,
+                             request_id: str | None = None) -> dict[str, Recommendation]:
+        """One recommendation per arm for the same request, run concurrently, the user's history
+        read once and shared (each recommendation reports that one history stage)."""
+        first = _Run(self.config)
+        recent = await self._history(first, str(user_id))
+        recs = await asyncio.gather(*(
+            self._recommend(_Run(self.config, arm, first.start, first.reports), models, user_id, k, context,
+                            request_id, recent)
+            for arm, models in arms.items()))
+        return dict(zip(arms, recs))
+
+    async def _recommend(self, run: _Run, models: ModelSet | None, user_id: str, k: int,
+                         context: Mapping[str, Any] | None, request_id: str | None,
+                         recent: Any = _UNREAD) -> Recommendation:
         request_id = request_id or uuid.uuid4().hex
         k = max(0, min(int(k), self.config.k_max))
         try:
@@ -156,7 +192,8 @@ class Funnel:
                 run.report("funnel", "funnel", 0, 0, run.start, status="skipped", detail="k = 0")
                 items, rung = [], "full"
             else:
-                items, rung = await self._funnel(run, models, str(user_id), k, dict(context or {}), request_id)
+                items, rung = await self._funnel(run, models, str(user_id), k, dict(context or {}), request_id,
+                                                 recent)
         except Exception as exc:  # a bug, not a dependency: still answer, and say so
             log.exception("funnel failed for request %s", request_id)
             run.report("funnel", "funnel", 0, 0, time.perf_counter(), status="error",
@@ -193,11 +230,12 @@ class Funnel:
         return status, value, detail
 
     async def _funnel(self, run: _Run, models: ModelSet | None, user_id: str, k: int, context: dict,
-                      request_id: str) -> tuple[list[Candidate], str]:
+                      request_id: str, recent: Any = _UNREAD) -> tuple[list[Candidate], str]:
         if models is None:
             run.report("models", "bundle", 0, 0, run.start, status="skipped", detail="no models loaded")
             return await self._lower_rungs(run, None, k, set())
-        recent = await self._history(run, user_id)
+        if recent is _UNREAD:
+            recent = await self._history(run, user_id)
         ctx = UserContext(user_id, request_id, k, models, tuple(recent or ()), context)
         results = await asyncio.gather(*(self._source(run, s, ctx) for s in self.sources))
         candidates = self._merge(run, results)
@@ -270,7 +308,8 @@ class Funnel:
 
     async def _source(self, run: _Run, source: Source, ctx: UserContext) -> tuple[str, str, list[Candidate]]:
         started = time.perf_counter()
-        status, value, detail = await self._guarded(source.breaker, run.timeout_s("sources"), lambda: source(ctx))
+        status, value, detail = await self._guarded(run.breaker(source.breaker), run.timeout_s("sources"),
+                                                    lambda: source(ctx))
         found = list(value or ())
         run.report(f"source:{source.name}", source.name, len(found), len(found), started, "sources",
                    status=status, detail=detail)
@@ -344,7 +383,8 @@ class Funnel:
             pred = models.ranker.predict(frame)
             return pred, value_score(pred, self.config.value_weights)
 
-        status, value, detail = await self._guarded("ranker", run.timeout_s("rank"), lambda: asyncio.to_thread(score))
+        status, value, detail = await self._guarded(run.breaker("ranker"), run.timeout_s("rank"),
+                                                    lambda: asyncio.to_thread(score))
         run.report("rank", str(getattr(models.ranker, "version", "") or "ranker"), n, n, started, "rank",
                    status=status, detail=detail)
         if status != "ok":

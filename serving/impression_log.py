@@ -49,21 +49,25 @@ def sampled(request_id: str, share: float) -> bool:
 
 
 def impressions_for(response: RecommendResponse, features: Sequence[Mapping[str, float]], surface: str,
-                    served_at: datetime) -> list[ImpressionServed]:
+                    served_at: datetime, teams: Sequence[str | None] | None = None) -> list[ImpressionServed]:
     """One event per item, in position order. `features[i]` is the vector the ranker scored for
-    `response.items[i]` ({} for items no ranker scored: lower rungs), NaN values left out (`_present`).
+    `response.items[i]` ({} for items no ranker scored: lower rungs), NaN values left out (`_present`);
+    `teams[i]` the arm that contributed it to an interleaved list (None otherwise).
     Event ids are `<request_id>-<position>`, so a re-sent log is recognisably the same impression."""
     if len(features) != len(response.items):
         raise ValueError(f"{len(features)} feature vectors for {len(response.items)} items")
+    teams = [None] * len(response.items) if teams is None else list(teams)
+    if len(teams) != len(response.items):
+        raise ValueError(f"{len(teams)} teams for {len(response.items)} items")
     ex = response.explanation
     return [
         ImpressionServed(
             event_id=f"{response.request_id}-{item.position}", event_time=served_at,
             request_id=response.request_id, user_id=response.user_id, item_id=item.item_id,
             position=item.position, surface=surface, model_versions=dict(ex.model_versions),
-            experiment_arm=ex.experiment_arm, score=item.score, features=_present(vector),
+            experiment_arm=ex.experiment_arm, score=item.score, features=_present(vector), team=team,
         )
-        for item, vector in zip(response.items, features)
+        for item, vector, team in zip(response.items, features, teams)
     ]
 
 
@@ -99,15 +103,18 @@ class ImpressionLogger:
         self._thread = threading.Thread(target=self._run, name="impression-logger", daemon=True)
         self._thread.start()
 
-    def submit(self, response: RecommendResponse, features: Sequence[Mapping[str, float]], surface: str) -> bool:
-        """Queue one served list for logging; never blocks. False when unsampled or dropped."""
+    def submit(self, response: RecommendResponse, features: Sequence[Mapping[str, float]], surface: str, *,
+               teams: Sequence[str | None] | None = None, served_at: datetime | None = None) -> bool:
+        """Queue one served list for logging; never blocks. False when unsampled or dropped.
+        `served_at`: the request's own (trusted, simulated) time, else the logger's clock now."""
         with self._lock:
             self._counts["requests"] += 1
         if not sampled(response.request_id, self.sample_share):
             self._count("unsampled")
             return False
         try:  # the time it was served, not the time the worker gets to it
-            self._queue.put_nowait((response, list(features), surface, self._clock()))
+            self._queue.put_nowait((response, list(features), surface, served_at or self._clock(),
+                                    None if teams is None else list(teams)))
         except queue.Full:
             self._count("dropped")
             return False

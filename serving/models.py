@@ -54,7 +54,7 @@ class ModelSet:
     # "user_tower" ("numpy": the bundle's UserEncoder; "torch": the two-tower, for older bundles; "": none)
     features: tuple[str, ...]  # the ranker's feature columns, in its order
     feature_service: str  # the Feast feature service those features come from
-    two_tower: Any | None = None
+    two_tower: Any | None = None  # loaded only for bundles without a usable NumPy user tower
     user_tower: UserTower | None = None
     index: Any | None = None  # retrieval.ann_index.AnnIndex
     ranker: Any | None = None  # .predict(df) -> DataFrame of p_click[, p_engaged, value]; .version
@@ -88,15 +88,28 @@ class ModelSet:
                 return None
 
         meta = bundle.metadata
-        two_tower, index, ranker = component("two_tower"), component("index"), component("ranker")
-        encoder = meta.get("encoder_version") or getattr(two_tower, "encoder_version", "")
+        index, ranker = component("index"), component("ranker")
+        # The NumPy user tower first: when it loads and belongs, the torch two-tower is never
+        # loaded, so a serving process on a current bundle never imports torch.
+        numpy_tower = component("user_tower") if "user_tower" in bundle.components else None
+        encoder = meta.get("encoder_version") or getattr(numpy_tower, "encoder_version", "")
+        if numpy_tower is not None and numpy_tower.encoder_version != encoder:
+            problems["user_tower"] = f"encoder {numpy_tower.encoder_version} is not the bundle's {encoder}"
+            numpy_tower = None
+        two_tower = component("two_tower") if numpy_tower is None else None
+        encoder = encoder or getattr(two_tower, "encoder_version", "")
         if two_tower is not None and two_tower.encoder_version != encoder:
             problems["two_tower"] = f"encoder {two_tower.encoder_version} is not the bundle's {encoder}"
             two_tower = None
         if index is not None and index.encoder_version != encoder:
             problems["index"] = f"index built by encoder {index.encoder_version}, the bundle's is {encoder}"
             index = None
-        user_tower, tower_kind = _user_tower(bundle, two_tower, encoder, component, problems)
+        if numpy_tower is not None:
+            user_tower, tower_kind = numpy_tower.encode, "numpy"
+        elif two_tower is not None:  # bundles written before the NumPy export, or whose export is broken
+            user_tower, tower_kind = torch_user_tower(two_tower), "torch"
+        else:
+            user_tower, tower_kind = None, ""
         features = list(meta.get("features") or getattr(ranker, "features", []) or [])
         if ranker is not None and list(getattr(ranker, "features", features)) != features:
             problems["ranker"] = "ranker features differ from the bundle's feature list"
@@ -124,32 +137,19 @@ class ModelSet:
 
     @classmethod
     def from_registry(cls, settings, alias: str = "champion", *, model_name: str | None = None,
-                      **kwargs) -> ModelSet:
-        """Load the bundle the registry's `alias` points at (downloaded through MLflow). For the
-        champion alias the registry version is read first and recorded as ``versions["model"]``
-        (should the alias move between the two calls, the next reload corrects it)."""
+                      version: str | None = None, **kwargs) -> ModelSet:
+        """Load the bundle of registry `version`, else the one `alias` points at (downloaded through
+        MLflow), recording the registry version as ``versions["model"]``. Serving passes the version
+        it read from the aliases, so an alias that moves meanwhile cannot mislabel the models."""
         from eightbox.training import registry
 
         name = model_name or registry.MODEL_NAME
-        version = registry.champion_version(settings, name) if alias == registry.CHAMPION else None
-        pyfunc = registry.load_by_alias(settings, alias, model_name=name)
+        if version is None:
+            version = registry.alias_version(settings, alias, name)
+            if version is None:
+                raise LookupError(f"no version of {name} holds alias {alias!r}")
+        pyfunc = registry.load_version(settings, version, model_name=name)
         return cls.from_bundle(pyfunc.unwrap_python_model().bundle, model_version=version, **kwargs)
-
-
-def _user_tower(bundle, two_tower, encoder: str, component, problems: dict[str, str]) -> tuple[UserTower | None, str]:
-    """The request-time user tower and which one it is: "numpy" (the bundle's ``user_tower``
-    component, a ``UserEncoder``), else "torch" (the two-tower itself, for bundles written before
-    that component existed, or whose export does not load or belong), else "" (none: no ANN source).
-    An export of another encoder than the bundle's (so than its index's) is refused, as the index is."""
-    if "user_tower" in bundle.components:
-        numpy_tower = component("user_tower")
-        if numpy_tower is not None and numpy_tower.encoder_version != encoder:
-            problems["user_tower"] = f"encoder {numpy_tower.encoder_version} is not the bundle's {encoder}"
-        elif numpy_tower is not None:
-            return numpy_tower.encode, "numpy"
-    if two_tower is not None:
-        return torch_user_tower(two_tower), "torch"
-    return None, ""
 
 
 def _vectors(index) -> dict[str, np.ndarray]:

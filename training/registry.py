@@ -5,10 +5,16 @@ Every function talks to the MLflow server at ``settings.mlflow_uri``; artifacts 
 server (``mlflow-artifacts:/``), so any process that reaches the server can load a model back.
 
 Ladder state lives on the registered model: aliases ``challenger`` and ``champion`` say where a
-version stands now, and model-version tags record how it got there (names in `Tag`):
+version stands now (``holdback``: the champion before the current one, which a share of users keeps
+seeing, see `serving.experiments`), and model-version tags record how it got there (names in `Tag`):
 ``rung.gate_passed`` / ``rung.challenger`` / ``rung.champion`` / ``rung.rolled_back`` hold the
 UTC time of each rung, ``gate.*`` the last gate verdict, ``previous_champion`` the version that
 held ``champion`` before this one, which `rollback` restores.
+
+What serving does with those aliases is registered-model state too: tags ``eightbox.experiment.*``
+(`serving_experiment`, `set_serving_experiment`) hold the challenger's A/B share, the interleaved
+and holdback shares, shadow scoring on or off, and the assignment salt. The promotion ladder writes
+them; every serving process polls them (with the aliases, in one call: `serving_registry_state`).
 """
 
 from __future__ import annotations
@@ -35,12 +41,17 @@ from eightbox.settings import REPO_ROOT, Settings
 from .bundle import load_bundle
 from .gate import GateResult, GateThresholds, gate
 
-__all__ = ["MODEL_NAME", "CHAMPION", "CHALLENGER", "RegistryError", "Tag", "GateThresholds",
+__all__ = ["MODEL_NAME", "CHAMPION", "CHALLENGER", "HOLDBACK", "RegistryError", "Tag", "GateThresholds",
            "GateResult", "gate", "log_training_run", "version_of_run", "load_reference", "propose",
-           "promote", "rollback", "champion_version", "load_by_alias", "code_version"]
+           "promote", "rollback", "champion_version", "alias_version", "load_by_alias", "load_version",
+           "code_version", "serving_experiment", "set_serving_experiment", "serving_registry_state"]
 
 MODEL_NAME = "eightbox-recommender"
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, HOLDBACK = "champion", "challenger", "holdback"
+EXPERIMENT_TAG_PREFIX = "eightbox.experiment."
+# The serving experiment when no tag says otherwise: everyone on the champion.
+EXPERIMENT_DEFAULTS: dict[str, Any] = {"challenger_share": 0.0, "shadow": False, "interleave_share": 0.0,
+                                       "holdback_share": 0.0, "salt": "1"}
 REFERENCE_ARTIFACT = "reference/reference.json"
 # What the pyfunc environment needs besides eightbox itself, which the serving image installs.
 _PIP_REQUIREMENTS = [f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}", f"numpy=={np.__version__}"]
@@ -208,8 +219,13 @@ def _alias_version(client: MlflowClient, name: str, alias: str):
 
 def champion_version(settings: Settings, model_name: str = MODEL_NAME) -> str | None:
     """The version the ``champion`` alias points at, or None if no version holds it."""
+    return alias_version(settings, CHAMPION, model_name)
+
+
+def alias_version(settings: Settings, alias: str, model_name: str = MODEL_NAME) -> str | None:
+    """The version `alias` points at, or None if no version holds it."""
     with _mlflow(settings) as client:
-        mv = _alias_version(client, model_name, CHAMPION)
+        mv = _alias_version(client, model_name, alias)
     return mv.version if mv else None
 
 
@@ -244,7 +260,8 @@ def promote(settings: Settings, version: str | int, *, force: bool = False,
 
     Only a version that holds ``challenger`` or whose last gate verdict passed may be promoted, unless
     `force` (recorded as tag ``champion.forced``). The promoted version loses ``challenger``, and
-    remembers the previous champion in tag ``previous_champion`` for `rollback`."""
+    remembers the previous champion in tag ``previous_champion`` for `rollback`; the previous
+    champion takes alias ``holdback`` (serving keeps `holdback_share` of users on it)."""
     version = str(version)
     with _mlflow(settings) as client:
         mv = client.get_model_version(model_name, version)
@@ -263,6 +280,8 @@ def promote(settings: Settings, version: str | int, *, force: bool = False,
         if force and not eligible:
             client.set_model_version_tag(model_name, version, Tag.FORCED, "true")
         client.set_registered_model_alias(model_name, CHAMPION, version)
+        if previous is not None:
+            client.set_registered_model_alias(model_name, HOLDBACK, previous)
         if challenger is not None and challenger.version == version:
             client.delete_registered_model_alias(model_name, CHALLENGER)
     return previous
@@ -270,7 +289,8 @@ def promote(settings: Settings, version: str | int, *, force: bool = False,
 
 def rollback(settings: Settings, model_name: str = MODEL_NAME) -> str:
     """Give ``champion`` back to the version it replaced; returns that version. The demoted version
-    gets tag ``rung.rolled_back``. Rolling back again steps further back through the promotions."""
+    gets tag ``rung.rolled_back``. Rolling back again steps further back through the promotions.
+    A ``holdback`` on the restored version is removed: it would hold users back on the champion."""
     with _mlflow(settings) as client:
         champ = _alias_version(client, model_name, CHAMPION)
         if champ is None:
@@ -282,7 +302,111 @@ def rollback(settings: Settings, model_name: str = MODEL_NAME) -> str:
         client.set_model_version_tag(model_name, champ.version, Tag.ROLLED_BACK, at)
         client.set_model_version_tag(model_name, previous, Tag.AT_CHAMPION, at)
         client.set_registered_model_alias(model_name, CHAMPION, previous)
+        holdback = _alias_version(client, model_name, HOLDBACK)
+        if holdback is not None and holdback.version == previous:
+            client.delete_registered_model_alias(model_name, HOLDBACK)
     return previous
+
+
+def load_version(settings: Settings, version: str | int, *, dst_path: str | Path | None = None,
+                 model_name: str = MODEL_NAME):
+    """The pyfunc model of registry `version`, like `load_by_alias` but immune to an alias that
+    moves while it downloads (serving reads the aliases first, then loads the versions they named)."""
+    with _mlflow(settings):
+        return mlflow.pyfunc.load_model(f"models:/{model_name}/{version}",
+                                        dst_path=str(dst_path) if dst_path is not None else None)
+
+
+def experiment_from_tags(tags: Mapping[str, str]) -> dict[str, Any]:
+    """The serving experiment that registered-model `tags` describe (defaults where a tag is absent),
+    validated; raises RegistryError on a tag that is not a valid value."""
+    out = dict(EXPERIMENT_DEFAULTS)
+    for tag, value in tags.items():
+        key = tag[len(EXPERIMENT_TAG_PREFIX):]
+        if not tag.startswith(EXPERIMENT_TAG_PREFIX) or key not in out:
+            continue  # not ours, or a setting a newer writer knows: ignored, not fatal
+        if isinstance(EXPERIMENT_DEFAULTS[key], bool):
+            if value not in ("true", "false"):
+                raise RegistryError(f"experiment tag {tag}={value!r} is not true or false")
+            out[key] = value == "true"
+        elif isinstance(EXPERIMENT_DEFAULTS[key], float):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise RegistryError(f"experiment tag {tag}={value!r} is not a number") from None
+        else:
+            out[key] = value
+    return _valid_experiment(out)
+
+
+def _valid_experiment(exp: dict[str, Any]) -> dict[str, Any]:
+    for key in ("challenger_share", "interleave_share", "holdback_share"):
+        share = exp[key]
+        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0.0 <= share <= 1.0:
+            raise RegistryError(f"{key} must be a number in [0, 1], got {share!r}")
+        exp[key] = float(share)
+    if exp["challenger_share"] + exp["holdback_share"] > 1.0 + 1e-9:
+        raise RegistryError(f"challenger_share + holdback_share must be <= 1, got "
+                            f"{exp['challenger_share']} + {exp['holdback_share']}")
+    if not isinstance(exp["shadow"], bool):
+        raise RegistryError(f"shadow must be true or false, got {exp['shadow']!r}")
+    salt = exp["salt"]
+    if not isinstance(salt, str) or not salt or "\0" in salt or len(salt) > 64:
+        raise RegistryError(f"salt must be 1-64 characters without NUL, got {salt!r}")
+    return exp
+
+
+def serving_experiment(settings: Settings, model_name: str = MODEL_NAME) -> dict[str, Any]:
+    """The serving experiment of `model_name`: {"challenger_share", "shadow", "interleave_share",
+    "holdback_share", "salt"}, defaults (everyone on the champion) for a model without the tags."""
+    with _mlflow(settings) as client:
+        try:
+            tags = client.get_registered_model(model_name).tags
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            tags = {}
+    return experiment_from_tags(tags)
+
+
+def set_serving_experiment(settings: Settings, model_name: str = MODEL_NAME, *,
+                           challenger_share: float | None = None, shadow: bool | None = None,
+                           interleave_share: float | None = None, holdback_share: float | None = None,
+                           salt: str | None = None) -> dict[str, Any]:
+    """Change the serving experiment of `model_name` (arguments left None keep their value) and return
+    it whole. Shares are in [0, 1] and challenger + holdback <= 1 (RegistryError otherwise, and no
+    tag is written). Serving processes pick it up at their next registry poll."""
+    given = {"challenger_share": challenger_share, "shadow": shadow, "interleave_share": interleave_share,
+             "holdback_share": holdback_share, "salt": salt}
+    exp = _valid_experiment({**serving_experiment(settings, model_name),
+                             **{k: v for k, v in given.items() if v is not None}})
+    with _mlflow(settings) as client:
+        _ensure_registered_model(client, model_name)
+        for key, value in exp.items():
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            client.set_registered_model_tag(model_name, EXPERIMENT_TAG_PREFIX + key, text)
+    return exp
+
+
+def serving_registry_state(settings: Settings, model_name: str = MODEL_NAME) -> dict[str, Any]:
+    """What a serving process follows, read in one registry call: {"champion", "challenger",
+    "holdback"} (the version each alias names, or None), "experiment" (`serving_experiment`) and
+    "experiment_error" (None; or why the tags were refused, and then "experiment" is the default:
+    everyone on the champion). No registered model: no aliases, the default experiment."""
+    with _mlflow(settings) as client:
+        try:
+            model = client.get_registered_model(model_name)
+            aliases, tags = dict(model.aliases or {}), dict(model.tags or {})
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            aliases, tags = {}, {}
+    try:
+        experiment, error = experiment_from_tags(tags), None
+    except RegistryError as e:  # a bad tag must not stop the champion from being followed
+        experiment, error = dict(EXPERIMENT_DEFAULTS), str(e)
+    return {**{alias: (str(aliases[alias]) if alias in aliases else None) for alias in (CHAMPION, CHALLENGER, HOLDBACK)},
+            "experiment": experiment, "experiment_error": error}
 
 
 def load_by_alias(settings: Settings, alias: str = CHAMPION, *, dst_path: str | Path | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import warnings
+from datetime import datetime, timezone
 
 import httpx
 import pytest
@@ -55,7 +56,7 @@ class Fakes:
 
     def deps(self, settings: Settings | None = None, **overrides) -> ServingDeps:
         fields = dict(settings=settings or serving_settings(), recommend=self.recommend,
-                      publish=self.published.append, log_impressions=lambda *a: self.logged.append(a),
+                      publish=self.published.append, log_impressions=lambda *a, **kw: self.logged.append((*a, kw)),
                       reload=lambda: self.admin.append("reload") or {"champion": "7"},
                       promote=self._promote, rollback=lambda: {"champion": "6"},
                       static=lambda u, k, c, r: funnel_answer(k, rung="static") | {"explanation": {}})
@@ -87,11 +88,41 @@ def test_recommend_serves_the_funnels_list_and_logs_the_features_it_does_not_sho
     assert [i["position"] for i in body["items"]] == [0, 1, 2, 3, 4]
     assert all("features" not in i for i in body["items"]) and body["items"][2]["explored"] is True
     assert body["explanation"]["model_versions"] == {"ranker": "7", "two_tower": "3"}
-    assert fakes.calls == [("u7", 5, {"surface": "item_page", "exclude_item_ids": [], "attributes": {}},
-                            body["request_id"])]
-    ((response, features, surface),) = fakes.logged
+    assert fakes.calls == [("u7", 5, {"surface": "item_page", "exclude_item_ids": [], "attributes": {},
+                                      "request_time": None}, body["request_id"])]
+    ((response, features, surface, extra),) = fakes.logged
     assert response.request_id == body["request_id"] and surface == "item_page"
     assert features[3] == {"item_ctr_7d": 0.25, "pos": 3.0}
+    assert extra == {"teams": None, "served_at": None}, "not interleaved, stamped by the server's clock"
+
+
+def test_an_interleaved_lists_teams_are_logged_and_not_published(fakes):
+    async def interleaved(user_id, k, context, request_id):
+        answer = funnel_answer(k)
+        for i, item in enumerate(answer["items"]):
+            item["team"] = "champion" if i % 2 else "challenger"
+        answer["explanation"]["experiment_arm"] = "interleaved"
+        return answer
+
+    with TestClient(create_app(fakes.deps(recommend=interleaved))) as client:
+        body = client.post("/recommend", json={"user_id": "u7", "k": 3}).json()
+    assert body["explanation"]["experiment_arm"] == "interleaved" and all("team" not in i for i in body["items"])
+    ((_, _, _, extra),) = fakes.logged
+    assert extra["teams"] == ["challenger", "champion", "challenger"]
+
+
+def test_a_request_time_is_refused_with_422_unless_the_server_trusts_it(fakes):
+    body = {"user_id": "u7", "k": 2, "context": {"request_time": "2026-01-05T08:30:00+01:00"}}
+    with TestClient(create_app(fakes.deps())) as client:
+        r = client.post("/recommend", json=body)
+    assert r.status_code == 422 and "request_time" in r.json()["message"] and not fakes.calls
+    trusting = serving_settings().model_copy(update={"serving_trust_request_time": True})
+    with TestClient(create_app(fakes.deps(trusting))) as client:
+        assert client.post("/recommend", json=body).status_code == 200
+        naive = {**body, "context": {"request_time": "2026-01-05T08:30:00"}}
+        assert client.post("/recommend", json=naive).status_code == 422, "a time without a zone is ambiguous"
+    ((_, _, _, extra),) = fakes.logged
+    assert extra["served_at"] == datetime(2026, 1, 5, 7, 30, tzinfo=timezone.utc)
 
 
 def test_k_defaults_to_ten_and_a_longer_funnel_answer_is_cut_to_k(fakes):

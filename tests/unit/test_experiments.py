@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from eightbox.serving.experiments import (CHALLENGER, CHAMPION, INTERLEAVE, INTERLEAVED, OFF, Assignment,
-                                          ExperimentConfig, Layer, assign, bucket)
+from eightbox.serving.experiments import (CHALLENGER, CHAMPION, HOLDBACK, INTERLEAVE, INTERLEAVED, OFF,
+                                          Assignment, ExperimentConfig, Layer, assign, bucket)
 
 USERS = [f"user-{i}" for i in range(100_000)]
 
@@ -101,3 +101,45 @@ def test_shadow_scoring_covers_exactly_the_requests_that_do_not_already_score_th
         seen[a.label] += 1
     assert set(seen) == {CHAMPION, CHALLENGER, INTERLEAVED}
     assert not any(ExperimentConfig(challenger_share=0.3).assign(u).shadow for u in USERS[:5_000])
+
+
+def test_a_zero_holdback_leaves_every_assignment_where_it_was_before_holdbacks_existed():
+    two_arms = Layer("model", "model-1", {CHAMPION: 0.7, CHALLENGER: 0.3})
+    config = ExperimentConfig(challenger_share=0.3)
+    assert [config.assign(u).model_arm for u in USERS[:20_000]] == [assign(u, two_arms) for u in USERS[:20_000]]
+
+
+def test_the_holdback_gets_its_share_from_the_champion_and_the_challengers_users_stay_put():
+    without = ExperimentConfig(challenger_share=0.2)
+    held = ExperimentConfig(challenger_share=0.2, holdback_share=0.1)
+    arms = [(without.assign(u).model_arm, held.assign(u).model_arm) for u in USERS]
+    moved = Counter(pair for pair in arms if pair[0] != pair[1])
+    assert set(moved) == {(CHAMPION, HOLDBACK)}, "only champion users move, and only to the holdback"
+    n = len(USERS)
+    assert abs(sum(1 for _, b in arms if b == HOLDBACK) - 0.1 * n) < 4 * math.sqrt(n * 0.1 * 0.9)
+
+
+def test_holdback_users_see_the_holdback_alone_or_the_champion_when_it_is_not_loaded():
+    config = ExperimentConfig(challenger_share=0.3, holdback_share=0.3, interleave_share=0.5, shadow_challenger=True)
+    held = [u for u in USERS[:5_000] if config.assign(u).model_arm == HOLDBACK]
+    assert len(held) > 1_000
+    assert {config.assign(u) for u in held} == {Assignment(HOLDBACK, interleaved=False, shadow=False)}
+    fallback = [config.assign(u, holdback_ready=False) for u in held]
+    assert {a.model_arm for a in fallback} == {CHAMPION}
+    assert {a.label for a in fallback} == {CHAMPION, INTERLEAVED}, "back on the champion, they join its layers"
+    assert {config.assign(u, challenger_ready=False).model_arm for u in held} == {HOLDBACK}
+
+
+def test_a_challenger_and_holdback_over_everyone_is_refused():
+    with pytest.raises(ValueError, match="challenger_share \\+ holdback_share"):
+        ExperimentConfig(challenger_share=0.6, holdback_share=0.5)
+    assert {ExperimentConfig(challenger_share=0.6, holdback_share=0.4).assign(u).model_arm
+            for u in USERS[:5_000]} == {CHALLENGER, HOLDBACK}
+
+
+def test_the_registry_tags_name_both_salts_so_one_bump_redraws_every_population():
+    config = ExperimentConfig.from_tags({"challenger_share": 0.5, "interleave_share": 0.1, "shadow": True,
+                                         "holdback_share": 0.2, "salt": "7"})
+    assert config == ExperimentConfig(challenger_share=0.5, interleave_share=0.1, shadow_challenger=True,
+                                      holdback_share=0.2, model_salt="model-7", interleave_salt="interleave-7")
+    assert ExperimentConfig.from_tags({}) == ExperimentConfig(), "no tags: the defaults, everyone on the champion"

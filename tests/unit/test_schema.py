@@ -33,7 +33,7 @@ EXAMPLES: dict[str, dict] = {
     "impression_served": {
         "event_type": "impression_served", "event_time": T0, "request_id": "r1", "user_id": "u1",
         "item_id": "i1", "position": 3, "surface": "home", "model_versions": {"ranker": "7"},
-        "experiment_arm": "treatment", "features": {"ctr": 0.25}, "score": 0.9,
+        "experiment_arm": "interleaved", "features": {"ctr": 0.25}, "score": 0.9, "team": "challenger",
         "client": {"ip": "pii_ab", "device_id": "pii_cd", "user_agent": "curl/8"},
     },
     "item_clicked": {
@@ -52,6 +52,13 @@ EXAMPLES: dict[str, dict] = {
         "event_type": "item_published", "event_time": T0, "item_id": "i1", "creator_id": "c1",
         "category": "film", "title": "Heat", "description": "A heist.", "tags": ["crime"],
         "content_vector": [0.5, -1.0],
+    },
+    "shadow_scored": {
+        "event_type": "shadow_scored", "event_time": T0, "request_id": "r1", "user_id": "u1",
+        "champion_version": "3", "challenger_version": "4", "champion_item_ids": ["i1", "i2"],
+        "champion_scores": [0.5, 0.25], "challenger_item_ids": ["i2", "i9"], "challenger_scores": [0.75, None],
+        "champion_rung": "full", "challenger_rung": "fallback", "champion_latency_ms": 12.5,
+        "challenger_latency_ms": 14.0,
     },
 }
 
