@@ -378,8 +378,11 @@ def set_serving_experiment(settings: Settings, model_name: str = MODEL_NAME, *,
     tag is written). Serving processes pick it up at their next registry poll."""
     given = {"challenger_share": challenger_share, "shadow": shadow, "interleave_share": interleave_share,
              "holdback_share": holdback_share, "salt": salt}
-    exp = _valid_experiment({**serving_experiment(settings, model_name),
-                             **{k: v for k, v in given.items() if v is not None}})
+    try:
+        current = serving_experiment(settings, model_name)
+    except RegistryError:  # tags broken by hand: this write replaces them all
+        current = dict(EXPERIMENT_DEFAULTS)
+    exp = _valid_experiment({**current, **{k: v for k, v in given.items() if v is not None}})
     with _mlflow(settings) as client:
         _ensure_registered_model(client, model_name)
         for key, value in exp.items():

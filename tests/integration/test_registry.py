@@ -88,19 +88,21 @@ def test_the_gate_refuses_a_worse_candidate_and_aliases_move_up_and_roll_back(se
     with pytest.raises(RegistryError, match="not the challenger"):
         registry.promote(settings, worse, model_name=name)
 
-    # A better one passes, becomes challenger, then champion; the old champion is remembered.
+    # A better one passes, becomes challenger, then champion; the old champion is remembered, and held
+    # back: alias holdback keeps it servable to the users the experiment holds back.
     _, better, _ = train_and_log(settings, tmp_path, name, rows=2000, seed=3)
     assert registry.propose(settings, better, THRESHOLDS, model_name=name).reasons == []
     assert aliases(settings, name) == {"champion": first, "challenger": better}
     assert registry.promote(settings, better, model_name=name) == first
-    assert aliases(settings, name) == {"champion": better}
+    assert aliases(settings, name) == {"champion": better, "holdback": first}
     tags = version_tags(settings, name, better)
     assert tags[Tag.PREVIOUS_CHAMPION] == first
     assert all(tags[t].endswith("+00:00") for t in (Tag.GATE_PASSED, Tag.AT_CHALLENGER, Tag.AT_CHAMPION))
 
     # Rollback restores the previous champion and marks the demoted one; there is nothing before that.
+    # The holdback on the restored champion is gone (it would hold users back on the champion itself).
     assert registry.rollback(settings, model_name=name) == first
-    assert registry.champion_version(settings, name) == first
+    assert aliases(settings, name) == {"champion": first}
     assert Tag.ROLLED_BACK in version_tags(settings, name, better)
     with pytest.raises(RegistryError, match="nothing to roll back to"):
         registry.rollback(settings, model_name=name)
@@ -172,3 +174,28 @@ def test_the_bundle_travels_with_the_model(stack_settings, champion, tmp_path):
         .unwrap_python_model().bundle
     assert bundle.root.is_relative_to(tmp_path) and bundle.metadata["encoder_version"] == "enc-7"
     assert bundle.component("ranker").coef.tolist() == ranker.coef.tolist()
+
+
+def test_the_serving_experiment_is_validated_stored_as_tags_and_read_back_with_the_aliases(stack_settings, champion):
+    name, _, version, _ = champion
+    assert registry.serving_experiment(stack_settings, name) == registry.EXPERIMENT_DEFAULTS
+    exp = registry.set_serving_experiment(stack_settings, name, challenger_share=0.3, shadow=True, salt="s2")
+    assert exp == {**registry.EXPERIMENT_DEFAULTS, "challenger_share": 0.3, "shadow": True, "salt": "s2"}
+    # Arguments left out keep their value; a refused change writes nothing.
+    assert registry.set_serving_experiment(stack_settings, name, holdback_share=0.1)["challenger_share"] == 0.3
+    with pytest.raises(RegistryError, match="challenger_share \\+ holdback_share"):
+        registry.set_serving_experiment(stack_settings, name, challenger_share=0.95)
+    state = registry.serving_registry_state(stack_settings, name)
+    assert state == {"champion": version, "challenger": None, "holdback": None, "experiment_error": None,
+                     "experiment": {**exp, "holdback_share": 0.1}}
+    # A tag written by hand that breaks the rules is reported, and serving gets the safe default.
+    from mlflow import MlflowClient
+
+    MlflowClient(stack_settings.mlflow_uri, stack_settings.mlflow_uri).set_registered_model_tag(
+        name, "eightbox.experiment.challenger_share", "2")
+    state = registry.serving_registry_state(stack_settings, name)
+    assert state["experiment"] == registry.EXPERIMENT_DEFAULTS and "challenger_share" in state["experiment_error"]
+    registry.set_serving_experiment(stack_settings, name, challenger_share=0.0, holdback_share=0.0, shadow=False)
+    assert registry.serving_registry_state(stack_settings, "no-such-model") == {
+        "champion": None, "challenger": None, "holdback": None, "experiment": registry.EXPERIMENT_DEFAULTS,
+        "experiment_error": None}
