@@ -170,9 +170,9 @@ class Settings(BaseSettings):
     it a request's shadow run is dropped and counted, so shadow work never queues behind traffic."""
 
     # --- Monitoring --------------------------------------------------------------------------
-    monitoring_thresholds: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    """Overrides of monitoring thresholds as {name: [watch, act]} (JSON in the environment, e.g.
-    ``{"psi": [0.1, 0.25]}``); names and defaults in monitoring/thresholds.py."""
+    monitoring_thresholds: str = "{}"
+    """Overrides of monitoring thresholds, JSON {name: [watch, act]}, e.g. ``{"psi": [0.1, 0.25]}``
+    (text, so a child process gets it back verbatim); names and defaults in monitoring/thresholds.py."""
 
     monitoring_interval_s: float = Field(3600.0, gt=0)
     """How often the monitoring service (`python -m eightbox.monitoring`) runs the checks."""
@@ -192,6 +192,23 @@ class Settings(BaseSettings):
 
     monitoring_metrics_url: str | None = None
     """The serving /metrics the system layer scrapes; unset means `serving_host`:`serving_port`."""
+
+    @property
+    def monitoring_threshold_overrides(self) -> dict[str, tuple[float, float]]:
+        """`monitoring_thresholds` parsed: {name: (watch, act)}."""
+        import json
+
+        return {k: (float(v[0]), float(v[1])) for k, v in json.loads(self.monitoring_thresholds).items()}
+
+    @model_validator(mode="after")
+    def _monitoring_thresholds_valid(self) -> "Settings":
+        from eightbox.monitoring.thresholds import thresholds
+
+        try:
+            thresholds(self.monitoring_threshold_overrides)
+        except (ValueError, TypeError, IndexError, AttributeError) as e:
+            raise ValueError(f"EIGHTBOX_MONITORING_THRESHOLDS must be JSON {{name: [watch, act]}}: {e}") from None
+        return self
 
     @model_validator(mode="after")
     def _monitoring_labels_mature(self) -> "Settings":

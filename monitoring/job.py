@@ -139,6 +139,13 @@ def _system(settings: Settings, end: pd.Timestamp, th: dict[str, Threshold], met
     return out
 
 
+def default_metrics_url(settings: Settings) -> str:
+    """`monitoring_metrics_url`, else the serving API's /metrics."""
+    from eightbox.deploy.serving_service import base_url
+
+    return settings.monitoring_metrics_url or f"{base_url(settings)}/metrics"
+
+
 def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_name: str | None = None,
                    metrics_url: str | None = None, kafka_lag: bool = True, write: bool = True) -> MonitoringResult:
     """Check [start, end) in all four layers (see the module docstring); `metrics_url` None skips
@@ -149,7 +156,7 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
     if end <= start:
         raise MonitoringError(f"the window must end after it starts: {start} .. {end}")
     model_name = model_name or settings.serving_model_name
-    th = thresholds(settings.monitoring_thresholds)
+    th = thresholds(settings.monitoring_threshold_overrides)
     champion = load_champion(settings, model_name)
     ref = champion.reference
     lake = {et: _events(settings, et) for et in ("impression_served", "item_clicked", "item_engaged", "item_published")}

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
@@ -90,7 +91,7 @@ def consumer_lag(settings: Settings, group: str, topics: Mapping[str, int]) -> i
                              request_timeout_ms=10_000)
     try:
         parts = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
-        committed = admin.list_group_offsets({group: parts}).get(group, {})
+        committed = _retrying(lambda: admin.list_group_offsets({group: parts}).get(group, {}))
         ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in parts})
         starts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in parts})
     finally:
@@ -101,6 +102,19 @@ def consumer_lag(settings: Settings, group: str, topics: Mapping[str, int]) -> i
         at = done.offset if done is not None and done.offset >= 0 else starts[tp].offset
         lag += max(ends[tp].offset - at, 0)
     return lag
+
+
+def _retrying(call, attempts: int = 20, pause_s: float = 0.5):
+    """`call()`, again after a retriable Kafka error (e.g. no group coordinator yet on a fresh broker)."""
+    from kafka.errors import KafkaError
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except KafkaError as e:
+            if not getattr(e, "retriable", False) or attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
 
 
 def feature_staleness(settings: Settings, tables: list[str], end: datetime) -> dict[str, float]:

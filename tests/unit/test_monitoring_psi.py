@@ -82,3 +82,15 @@ def test_calibration_curve_reports_each_bins_mean_prediction_and_rate():
     p = np.array([0.2] * 100 + [0.7] * 100)
     curve = calibration_curve(y, p)
     assert curve[["mean_p", "rate", "rows"]].values.tolist() == [[0.2, 0.2, 100], [0.7, 0.6, 100]]
+
+
+def test_thresholds_come_from_settings_and_a_bad_override_fails_at_startup():
+    from pydantic import ValidationError
+
+    from eightbox.settings import Settings
+
+    settings = Settings(monitoring_thresholds='{"psi": [0.2, 0.3]}')
+    assert thresholds(settings.monitoring_threshold_overrides)["psi"] == Threshold(0.2, 0.3)
+    for bad in ('{"pis": [0.1, 0.2]}', '{"psi": [0.3, 0.2]}', "psi=0.1"):
+        with pytest.raises(ValidationError, match="EIGHTBOX_MONITORING_THRESHOLDS"):
+            Settings(monitoring_thresholds=bad)
