@@ -22,7 +22,8 @@ so its own lag is in the numbers too (``max_send_lag_ms`` per rate says how much
 Errors: non-200 answers (429 shed, 5xx), transport errors and timeouts (2 s). A rate meets the
 budget when p99 ≤ 100 ms and no request failed; the JSON reports the highest such rate (else the
 lowest rate tried, with ``met_budget`` false), whether that p99 is within the 50 ms aim, per-stage
-p99 from the responses' ``explanation.stages[].latency_ms``, and every rate's summary.
+p99 from the responses' ``explanation.stages[].latency_ms``, the rungs that answered and the stages
+that did not end "ok" (timeouts explain a "fallback" rung), and every rate's summary.
 
 The machine is shared and noisy: the 1-minute load average is printed and recorded before each rate.
 """
@@ -78,10 +79,12 @@ def summarize(results: list[dict], **extra) -> dict:
     ratio = round(best["p99_ms"] / best["floor_p99_ms"], 2) if best["p99_ms"] and best["floor_p99_ms"] else None
     return {"rps": best["rps"], "p50_ms": best["p50_ms"], "p95_ms": best["p95_ms"], "p99_ms": best["p99_ms"],
             "errors": best["errors"], "floor_p99_ms": best["floor_p99_ms"], "ratio": ratio,
-            "stages": best["stages"], "met_budget": met_budget(best), "budget_ms": BUDGET_MS,
+            "stages": best["stages"], "rungs": best.get("rungs"), "stages_not_ok": best.get("not_ok"),
+            "met_budget": met_budget(best), "budget_ms": BUDGET_MS,
             "met_aim": met_budget(best) and best["p99_ms"] <= AIM_MS, "aim_ms": AIM_MS, **extra,
             "rates": [{k: r.get(k) for k in ("rps", "p50_ms", "p99_ms", "errors", "floor_p99_ms",
-                                            "max_send_lag_ms", "load_1m")} for r in results]}
+                                            "max_send_lag_ms", "load_1m", "cpu_ms_per_request",
+                                            "floor_cpu_ms_per_request", "rungs")} for r in results]}
 
 
 def _check_ready(url: str) -> None:
@@ -107,6 +110,7 @@ async def _load(url: str, rate: int, seconds: float, users: list[str]) -> dict:
     n = int(rate * seconds)
     latencies = np.full(n, np.nan)  # ms from scheduled time to response end; nan = failed
     stages: dict[str, list[float]] = defaultdict(list)
+    not_ok: dict[str, Counter] = defaultdict(Counter)  # stage → its non-ok statuses (timeout, error, ...)
     rungs: Counter = Counter()
     failures: Counter = Counter()
     lag = 0.0
@@ -129,6 +133,8 @@ async def _load(url: str, rate: int, seconds: float, users: list[str]) -> dict:
             rungs[body.get("rung", "?")] += 1
             for st in (body.get("explanation") or {}).get("stages") or []:
                 stages[st["name"]].append(float(st["latency_ms"]))
+                if st.get("status", "ok") != "ok":
+                    not_ok[st["name"]][st["status"]] += 1
 
         tasks = []
         t0 = loop.time() + 0.05
@@ -144,7 +150,7 @@ async def _load(url: str, rate: int, seconds: float, users: list[str]) -> dict:
     pct = (lambda q: round(float(np.percentile(ok, q)), 2)) if len(ok) else (lambda q: None)
     return {"rps": rate, "requests": n, "errors": int(n - len(ok)), "failures": dict(failures),
             "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "max_send_lag_ms": round(lag * 1e3, 2),
-            "rungs": dict(rungs),
+            "rungs": dict(rungs), "not_ok": {k: dict(v) for k, v in not_ok.items()},
             "stages": {k: round(float(np.percentile(v, 99)), 2) for k, v in stages.items()}}
 
 
@@ -164,8 +170,25 @@ def _wait_ready(url: str, timeout_s: float) -> None:
         time.sleep(1.0)
 
 
-def _measure(url: str, users: list[str], quick: bool) -> list[dict]:
-    """Each rate against the API, then the same schedule against a fresh floor server."""
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system, all threads) the process has used so far; None without a pid."""
+    import psutil
+
+    if pid is None:
+        return None
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _cpu_ms_per_request(pid: int | None, before: float | None, requests: int) -> float | None:
+    after = _cpu_s(pid)
+    return round((after - before) * 1e3 / requests, 2) if after is not None and before is not None else None
+
+
+def _measure(url: str, users: list[str], quick: bool, server_pid: int | None = None) -> list[dict]:
+    """Each rate against the API, then the same schedule against a fresh floor server. With the
+    server's pid, also its CPU milliseconds per request (the floor's beside it): a figure the
+    machine's other load inflates far less than latency."""
     from . import floor_server
 
     rates, seconds = plan(quick)
@@ -177,13 +200,20 @@ def _measure(url: str, users: list[str], quick: bool) -> list[dict]:
         for rate in rates:
             load = round(os.getloadavg()[0], 2)
             print(f"  {rate:>4} RPS × {seconds:.0f} s (load average {load}) ...", flush=True)
+            cpu = _cpu_s(server_pid)
             api = asyncio.run(_load(url, rate, seconds, users))
+            api["cpu_ms_per_request"] = _cpu_ms_per_request(server_pid, cpu, api["requests"])
+            cpu = _cpu_s(proc.pid)
             floor = asyncio.run(_load(floor_url, rate, seconds, users))
-            api |= {"floor_p99_ms": floor["p99_ms"], "load_1m": load}
+            api |= {"floor_p99_ms": floor["p99_ms"], "load_1m": load,
+                    "floor_cpu_ms_per_request": _cpu_ms_per_request(proc.pid, cpu, floor["requests"])}
             results.append(api)
             print(f"       api p50 {api['p50_ms']} / p99 {api['p99_ms']} ms, {api['errors']} errors "
                   f"{api['failures'] or ''}, rungs {api['rungs']}; floor p99 {floor['p99_ms']} ms "
-                  f"(send lag ≤ {api['max_send_lag_ms']} ms); stage p99 {api['stages']}", flush=True)
+                  f"(send lag ≤ {api['max_send_lag_ms']} ms)\n"
+                  f"       server CPU {api['cpu_ms_per_request']} ms per request, floor's "
+                  f"{api['floor_cpu_ms_per_request']} ms\n       stage p99 {api['stages']}\n"
+                  f"       stages not ok {api['not_ok']}", flush=True)
     finally:
         floor_server.stop(proc)
     return results
@@ -224,7 +254,8 @@ def run(settings: Settings, quick: bool, url: str | None = None, catalog: int = 
         url = base_url(bench)
         _wait_ready(url, timeout_s=180.0)
         users = [user_id(u) for u in random.Random(0).choices(range(params.n_users), k=4096)]
-        results = _measure(url, users, quick)
+        pid = next(r.pid for r in supervisor.status() if r.name == "serving")
+        results = _measure(url, users, quick, server_pid=pid)
     finally:
         supervisor.down(progress=lambda m: print(f"  {m}", flush=True))
     return summarize(results, catalog=params.n_items, world=params.key(), **extra,
