@@ -16,6 +16,7 @@ Outputs: a `MonitoringResult`, a file in the `monitoring` lake table and the Pro
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,15 +45,16 @@ class Champion:
     model: Any  # the pyfunc model: predict(frame of features) -> frame with the reference's score columns
 
 
-def load_champion(settings: Settings, model_name: str) -> Champion:
-    """The champion's model and the training reference logged with the same run."""
+def load_champion(settings: Settings, model_name: str, dst_path: str | None = None) -> Champion:
+    """The champion's model (downloaded into `dst_path`, default a new temporary folder) and the
+    training reference logged with the same run."""
     from eightbox.training import registry
 
     version = registry.champion_version(settings, model_name)
     if version is None:
         raise MonitoringError(f"{model_name} has no champion in the registry at {settings.mlflow_uri}: "
                               "train and promote a model first")
-    model = registry.load_by_alias(settings, registry.CHAMPION, model_name=model_name)
+    model = registry.load_by_alias(settings, registry.CHAMPION, model_name=model_name, dst_path=dst_path)
     run_id = model.metadata.run_id
     reference = registry.load_reference(settings, run_id)
     if not isinstance(reference, dict) or "features" not in reference:
@@ -87,6 +89,14 @@ def _scores(champion: Champion, live: pd.DataFrame) -> dict[str, np.ndarray]:
     features = list(champion.reference["features"])
     pred = champion.model.predict(live.reindex(columns=features).astype("float64"))
     return {name: pred[name].to_numpy(dtype=float) for name in champion.reference.get("scores", {}) if name in pred}
+
+
+def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """values[rows] with NaN where a row is NaN (not found)."""
+    found = np.isfinite(rows)
+    out = np.full(len(rows), np.nan)
+    out[found] = values[rows[found].astype(int)]
+    return out
 
 
 def _labelled(impressions, clicks, engagements, as_of, settings: Settings) -> pd.DataFrame:
@@ -157,16 +167,20 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
         raise MonitoringError(f"the window must end after it starts: {start} .. {end}")
     model_name = model_name or settings.serving_model_name
     th = thresholds(settings.monitoring_threshold_overrides)
-    champion = load_champion(settings, model_name)
-    ref = champion.reference
     lake = {et: _events(settings, et) for et in ("impression_served", "item_clicked", "item_engaged", "item_published")}
     imps = _between(lake["impression_served"], start, end)
+    # Lower rungs of the degradation ladder log no features (no ranker scored them): counting them
+    # as nulls would turn every degraded minute into a data alert, so data and model checks skip them.
+    scored = imps[imps["features"].map(bool).astype(bool)].reset_index(drop=True)
+    with tempfile.TemporaryDirectory(prefix="eightbox-monitoring-") as tmp:  # the bundle, gone after scoring
+        champion = load_champion(settings, model_name, tmp)
+        ref = champion.reference
+        live = live_frame(scored, ref, lake["item_published"])
+        scores = _scores(champion, live) if len(scored) else {}
 
     checks = [CheckResult("data", "impressions", "", float(len(imps)), INFO if len(imps) else NO_DATA,
-                          detail=f"impressions logged in the window ({imps['features'].map(bool).sum()} with features)")]
-    live = live_frame(imps, ref, lake["item_published"])
-    scores = _scores(champion, live) if len(imps) else {}
-    if len(imps):
+                          detail=f"impressions logged in the window, {len(scored)} scored by the ranker")]
+    if len(scored):
         checks += data_checks.data_checks(ref, live, th)
     for name, summary in ref.get("scores", {}).items():
         checks.append(model_checks.score_psi_check(name, summary, scores.get(name, np.array([])), th["score_psi"]))
@@ -174,11 +188,12 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
     current, labelled = _kpis(settings, lake, start, end)
     previous, _ = _kpis(settings, lake, start - (end - start), start)
     checks += product_metrics.product_checks(current, previous, th["kpi_drop"])
-    by_id = pd.Series(np.arange(len(imps)), index=imps["event_id"].astype(str))
+    # Each matured impression's score; NaN for those the ranker did not score.
+    by_id = pd.Series(np.arange(len(scored)), index=scored["event_id"].astype(str))
     rows = by_id.reindex(labelled["example_id"]).to_numpy()
     calibration = pd.DataFrame()
     for name in ref.get("scores", {}):
-        p = scores[name][rows] if name in scores else np.full(len(labelled), np.nan)
+        p = _take(scores[name], rows) if name in scores else np.full(len(labelled), np.nan)
         checks.append(model_checks.ece_check(name, labelled["click"].to_numpy(), p, th["ece"]))
         if name in scores and len(labelled):
             calibration = pd.concat([calibration, model_checks.calibration_curve(

@@ -3,8 +3,9 @@ real Kafka and archived into the lake by the real archiver, a champion with its 
 in the real MLflow registry, a streamed feature history written by the project's offline writer;
 then `run_monitoring` over the second day, and `eightbox monitor` rendering the report.
 
-Planted on the checked day: 30% of impressions lose feature ``f1`` (a null spike), and a tenth of
-the catalog is published in a category the training data never had. The click world is the one the
+Planted on the checked day: 30% of scored impressions lose feature ``f1`` (a null spike), and a
+tenth of the catalog is published in a category the training data never had. A tenth of the lists
+on both days came from a lower rung (no features logged): not a null spike. The click world is the one the
 champion learnt, so its calibration holds. Dates are in 2019, far from any other test's events.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import subprocess
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -22,6 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from eightbox.deploy.monitoring_service import heartbeat, monitoring
+from eightbox.deploy.supervisor import Supervisor
 from eightbox.features.store import write_offline
 from eightbox.ingest.archiver import LakeArchiver
 from eightbox.ingest.producer import EventProducer
@@ -29,6 +33,7 @@ from eightbox.ingest.schema import TOPICS, ImpressionServed, ItemClicked, ItemEn
 from eightbox.monitoring.job import run_monitoring
 from eightbox.monitoring.lake_table import read_results
 from eightbox.monitoring.prometheus import textfile_path
+from eightbox.monitoring.service import report_path
 from eightbox.monitoring.system_checks import consumer_lag
 from eightbox.monitoring.thresholds import ACT, NO_DATA, WATCH
 from eightbox.settings import REPO_ROOT
@@ -90,9 +95,10 @@ def traffic(prefix: str) -> tuple[list, dict]:
             request = f"{prefix}-r{day:%d}-{r}"
             x = rng.normal(size=(10, 3))
             clicks = rng.random(10) < p_click(x)
+            degraded = r % 10 == 9  # a lower rung answered: nothing scored, no features logged
             for pos, item in enumerate(rng.choice(catalog, 10, replace=False)):
-                features = dict(zip(FEATURES, x[pos].tolist()))
-                if checked and rng.random() < 0.3:
+                features = {} if degraded else dict(zip(FEATURES, x[pos].tolist()))
+                if checked and features and rng.random() < 0.3:
                     del features["f1"]  # the planted null spike
                 events.append(ImpressionServed(event_id=f"{request}-{pos}", event_time=at, request_id=request,
                                                user_id=user, item_id=str(item), position=pos, surface="home",
@@ -144,6 +150,7 @@ def test_monitoring_a_day_of_real_traffic_flags_the_planted_faults_and_nothing_e
     assert by[("data", "null_rate_increase", "f1")].value == pytest.approx(0.3, abs=0.03)
     assert by[("data", "unseen_category", "category")].value == pytest.approx(0.1, abs=0.03)
     assert by[("data", "impressions", "")].value == 2500
+    assert "2250 scored by the ranker" in by[("data", "impressions", "")].detail
     assert all(by[("data", "psi", f)].value < 0.1 for f in FEATURES)
     assert not [c for c in result.checks if c.check == "schema"]
 
@@ -200,3 +207,26 @@ def test_eightbox_monitor_writes_the_report_and_prints_the_alerts(settings, tmp_
     assert "data/unseen_category[category]" in page
     assert list(pq.ParquetFile(next((settings.lake_dir / "monitoring").glob("dt=2019-07-03/*.parquet"))).schema_arrow.names)[:4] == \
         ["window_start", "window_end", "model_name", "model_version"]
+
+
+def test_the_supervised_service_runs_the_checks_on_schedule_and_beats(settings, tmp_path):
+    name = f"monitored-svc-{uuid.uuid4().hex[:8]}"
+    champion(settings, tmp_path, name)
+    svc = settings.model_copy(update={"serving_model_name": name, "monitoring_interval_s": 600.0,
+                                      "monitoring_metrics_url": "http://127.0.0.1:9/metrics"})
+    supervisor = Supervisor(svc, services={"monitoring": monitoring(svc)})
+    supervisor.up(progress=lambda *_: None)
+    try:
+        deadline = time.monotonic() + 240
+        while (heartbeat(svc) or {}).get("last_end") is None:
+            assert (heartbeat(svc) or {}).get("error") is None, heartbeat(svc)
+            assert time.monotonic() < deadline, f"no run finished: {heartbeat(svc)}"
+            time.sleep(1)
+        assert [s.state for s in supervisor.status()] == ["healthy"]
+        assert report_path(svc).read_text(encoding="utf-8").count("data:image/png;base64,") == 4
+        stored = read_results(svc)  # this test's lake holds no traffic: a run of no-data checks
+        assert stored.loc[stored["check"] == "impressions", "status"].tolist() == [NO_DATA]
+        assert heartbeat(svc)["alerts"] == int((stored["status"] == ACT).sum())
+    finally:
+        supervisor.down(progress=lambda *_: None)
+    assert heartbeat(svc) is None  # a stopped service removes its heartbeat
