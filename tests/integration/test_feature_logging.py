@@ -14,29 +14,25 @@ import math
 import os
 import shutil
 import struct
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eightbox.deploy.serving_service import base_url, serving
-from eightbox.deploy.supervisor import Supervisor
 from eightbox.ingest.schema import TOPICS
 from eightbox.ranking.multitask import MultiTaskRanker
 from eightbox.ranking.value import value_score
 from eightbox.serving.impression_log import sampled
 from eightbox.training.bundle import load_bundle, write_bundle
 
-from .conftest import _OFFSET
 from .ranker_capture import LOADER, RecordingRanker, read_captures
 from .test_api_events import read_until
 from .test_funnel_real import FEATURES, world  # noqa: F401  (world: features in Redis, a bundle on disk)
-from .test_serving_http import _recommend, _register
+from .test_serving_faults_http import champion_server
+from .test_serving_http import _recommend
 
 SHARE = 0.5
 N_REQUESTS = 24
@@ -59,21 +55,11 @@ def _recording_bundle(bundle_dir: Path, into: Path, capture: Path) -> Path:
 def server(world, tmp_path_factory):  # noqa: F811
     settings, bundle_dir, users = world
     capture = tmp_path_factory.mktemp("capture") / "ranker-inputs.jsonl"
-    settings = settings.model_copy(update={
-        "serving_port": 28020 + _OFFSET, "serving_model_name": f"logging-test-{uuid.uuid4().hex[:6]}",
-        "serving_reload_interval_s": 3600.0, "serving_impression_sample_share": SHARE,
-        "serving_budget_scale": 20.0, "serving_request_timeout_s": 10.0,  # a shared 2-core machine
-        "start_timeout_s": 180.0})
-    _register(settings, _recording_bundle(bundle_dir, tmp_path_factory.mktemp("recording"), capture))
-    spec = serving(settings)  # the champion exists before start: the bootstrap loads it
+    recording = _recording_bundle(bundle_dir, tmp_path_factory.mktemp("recording"), capture)
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    supervisor = Supervisor(settings, {"serving": replace(spec, env={**spec.env, "PYTHONPATH": path})})
-    supervisor.up(progress=lambda *_: None)
-    try:
-        with httpx.Client(base_url=base_url(settings), timeout=60) as client:
-            yield settings, client, capture, bundle_dir, users
-    finally:
-        supervisor.down(progress=lambda *_: None)
+    with champion_server(settings, recording, 28020, env={"PYTHONPATH": path},
+                         serving_impression_sample_share=SHARE) as (settings, client):
+        yield settings, client, capture, bundle_dir, users
 
 
 @pytest.fixture(scope="module")
