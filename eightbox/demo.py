@@ -1,14 +1,13 @@
-"""`make demo`: the loop on the embedded stack, box by box, each under its own header.
+"""`make demo`: the closed loop on the embedded stack, box by box, each under its own header.
 
-Boxes that later issues build say so; the demo grows as they land.
+Day 0 (boxes 1-6) is built here; the served days, the drift, monitoring, retraining and the
+promotion ladder are `eightbox.loop`.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import date, datetime, timedelta, timezone
-
-import pyarrow.compute as pc
 
 from eightbox.settings import Settings
 
@@ -165,12 +164,12 @@ def _backfill_and_materialize(settings: Settings, first_day: date, last_day: dat
     print(f"  Feast: materialized {', '.join(daily)} up to {end:%Y-%m-%d %H:%M}Z ({time.monotonic() - t:.0f} s)")
 
 
-def _train(settings: Settings, quick: bool):
+def _train(settings: Settings, tower_epochs: int):
     """The training pipeline on everything the lake holds (see `training.pipeline`)."""
     from eightbox.training.pipeline import TrainConfig, train
 
     t = time.monotonic()
-    result = train(settings, TrainConfig(tower_epochs=4 if quick else 8), progress=lambda m: print(m, flush=True))
+    result = train(settings, TrainConfig(tower_epochs=tower_epochs), progress=lambda m: print(m, flush=True))
     print(f"  trained in {time.monotonic() - t:.0f} s ({', '.join(f'{k} {v:g} s' for k, v in result.seconds.items())})")
     return result
 
@@ -185,48 +184,6 @@ def _show_registry(settings: Settings, result) -> None:
         for reason in result.gate_reasons:
             print(f"    - {reason}")
     print(f"  browse: {settings.mlflow_uri}/#/models/eightbox-recommender")
-
-
-def _serve_simulated_users(settings: Settings, market, visits: int) -> None:
-    """Simulated users ask the running API for a slate (`/recommend`), see it, and their clicks and
-    engagements go back through `/events`; the server logs each impression with its features."""
-    import httpx
-    import numpy as np
-
-    from eightbox.deploy.serving_service import base_url
-    from eightbox.ingest.simulator import Visit
-
-    base, token = base_url(settings), sorted(settings.admin_tokens)[0]
-    with httpx.Client(base_url=base, timeout=10.0) as http:
-        reload = http.post("/admin/reload", headers={"Authorization": f"Bearer {token}"})
-        deadline = time.monotonic() + 60
-        while http.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(1.0)
-        ready = http.get("/readyz").json()
-        print(f"  API {base}: reload → {reload.status_code}; ready: {ready.get('ready', ready)}")
-        latencies, rungs, clicks, shown, sent = [], {}, 0, 0, 0
-        stream = (v for v in market.visits(hours=24.0) if isinstance(v, Visit))
-        for visit in (next(stream) for _ in range(visits)):
-            t = time.perf_counter()
-            r = http.post("/recommend", json={"user_id": visit.user_id, "k": market.config.slate_size})
-            latencies.append((time.perf_counter() - t) * 1000)
-            body = r.json()
-            rungs[body.get("rung", r.status_code)] = rungs.get(body.get("rung", r.status_code), 0) + 1
-            slate = [i["item_id"] for i in body.get("items", [])]
-            if not slate:
-                continue
-            # the client reports what the user did, quoting the server's request id (labels join on it)
-            outcome = [e.model_copy(update={"request_id": body["request_id"]})
-                       for e in market.respond(visit, slate) if e.event_type != "impression_served"]
-            shown, clicks = shown + len(slate), clicks + sum(e.event_type == "item_clicked" for e in outcome)
-            if outcome:
-                sent += http.post("/events", content="[" + ",".join(e.model_dump_json() for e in outcome) + "]",
-                                  headers={"content-type": "application/json"}).status_code == 202
-    p50, p99 = np.percentile(latencies, [50, 99])
-    print(f"  {visits} simulated visits → /recommend: p50 {p50:.1f} ms, p99 {p99:.1f} ms (HTTP, this process); "
-          f"rungs {rungs}")
-    print(f"  {shown} items shown, {clicks} clicked (CTR {clicks / max(shown, 1):.3f}); "
-          f"{sent} /events batches accepted; impressions logged by the server to eightbox.impressions")
 
 
 def _read_online(settings: Settings, events: list) -> None:
@@ -258,68 +215,98 @@ def _read_online(settings: Settings, events: list) -> None:
             print("      " + "  ".join(vals[chunk:chunk + 5]))
 
 
-def run_demo(settings: Settings, quick: bool = False) -> None:
-    from eightbox.deploy.supervisor import Supervisor
-    from eightbox.ingest import lake
-    from eightbox.ingest.archiver import LakeArchiver
-    from eightbox.ingest.publish import publish_events, simulation_events
-    from eightbox.ingest.schema import EVENT_TYPES
-    from eightbox.ingest.topics import ensure_topics
+def _fresh_home(settings: Settings) -> None:
+    """The loop replays one simulated world from its first day: a home holding an earlier run's
+    stack state (broker log, lake, registry) is stopped and cleared first, as `make clean` would."""
+    import shutil
 
     from eightbox.deploy.pusher_service import stack_services
+    from eightbox.deploy.supervisor import Supervisor
 
+    stale = [d for d in (settings.home / "data", settings.home / "run", settings.lake_dir) if d.exists()]
+    if not stale:
+        return
+    print(f"clearing the previous run's stack state under {settings.home} (the loop starts from day 0)")
+    Supervisor(settings, stack_services(settings)).down()
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run_demo(settings: Settings, quick: bool = False) -> dict:
+    """The closed loop (`eightbox.loop`) on a fresh embedded stack; returns its summary."""
+    from eightbox.deploy.pusher_service import stack_services
+    from eightbox.deploy.supervisor import Supervisor
+    from eightbox.ingest.topics import ensure_topics
+    from eightbox.loop import FULL, QUICK, print_summary, run_loop
+
+    profile = QUICK if quick else FULL
+    # Serving stamps impressions with the simulated time each request carries (see `loop`).
+    settings = settings.model_copy(update={"serving_trust_request_time": True})
     started = time.monotonic()
+    _fresh_home(settings)
     print("━━ embedded stack " + "━" * 60)
     supervisor = Supervisor(settings, stack_services(settings))
     supervisor.up()
     ensure_topics(settings)
     job_id = _ensure_stream_job(settings)
 
-    header(*BOXES[0])
-    hours = 6.0 if quick else 24.0
-    # Each run adds the next stretch of the same simulated world, rather than repeating the first.
-    done = len(list((settings.lake_dir / "raw" / "impression_served").glob("dt=*/hr=*")))
-    market, events = simulation_events(hours=hours, seed=7, quick=quick, after_hours=float(done))
-    print(f"  simulated marketplace: {market.config.n_users} users, {market.config.n_items} items; "
-          f"hours {done}–{done + hours:g} of its traffic → {len(events)} events")
-    publish_events(settings, events, label="simulated traffic")
+    def bootstrap():
+        return _day_zero(settings, profile, job_id)
 
+    summary = run_loop(settings, profile, bootstrap=bootstrap, header=header)
+    print("\n━━ summary " + "━" * 67)
+    print_summary(summary)
+    print("\n━━ stack " + "━" * 69)
+    for row in supervisor.status():
+        print(f"  {row.name:<17} {row.state:<10} pid {row.pid}  port {row.port or '-'}  {row.rss_mb:,.0f} MiB")
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s; the stack is still up "
+          f"(`make down` stops it, `.venv/bin/eightbox status` reports on it)")
+    return summary
+
+
+def _day_zero(settings: Settings, profile, job_id: str):
+    """Boxes 1-6 on the world before Eightbox: a popularity policy's day of traffic, published,
+    archived, featurised, trained on; the first model becomes champion. Returns (market, the
+    day's actions still in its future: they go through /events when their time comes)."""
+    from eightbox.ingest import lake
+    from eightbox.ingest.archiver import LakeArchiver
+    from eightbox.ingest.publish import publish_events
+    from eightbox.ingest.schema import EVENT_TYPES
+    from eightbox.ingest.simulator import Marketplace, SimConfig
+
+    header(*BOXES[0])
+    config = SimConfig(seed=profile.seed, sessions_per_hour=profile.sessions_per_hour,
+                       drift_at=SIM_START + timedelta(days=profile.drift_day),
+                       drift_strength=profile.drift_strength, **profile.world)
+    market = Marketplace(config)
+    events = [*market.bootstrap_events(), *market.simulate(hours=24.0)]
+    print(f"  simulated marketplace: {config.n_users} users, {config.n_items} items; day 0 under a "
+          f"popularity policy → {len(events)} events (drift of strength {profile.drift_strength:g} "
+          f"on day {profile.drift_day})")
+    publish_events(settings, events, label="day 0 traffic")
     print("  lake archiver (consumer group) → Parquet, exactly once")
     n = LakeArchiver(settings).run(idle_exit_s=3.0)
-    print(f"  archived {n} events this run")
+    print(f"  archived {n} events")
     _trace_one_click(settings, events)
 
     header(*BOXES[1])
-    day_start = SIM_START + timedelta(hours=done)
-    day_end = day_start + timedelta(hours=hours)
-    _watch_streaming_features(settings, job_id, events, day_end, timeout_s=90.0 if quick else 150.0)
+    day_end = SIM_START + timedelta(days=1)
+    _watch_streaming_features(settings, job_id, events, day_end, timeout_s=60.0)
 
     header(*BOXES[2])
     files = list(settings.lake_dir.glob("raw/*/dt=*/hr=*/*.parquet"))
     print(f"  raw lake: {settings.lake_dir / 'raw'} ({len(files)} Parquet files)")
     for event_type in EVENT_TYPES:
         table = lake.read_events(settings.lake_dir, event_type)
-        days = sorted(pc.unique(pc.strftime(table["event_time"], "%Y-%m-%d")).to_pylist())
-        print(f"  {event_type:<18} {table.num_rows:>8} rows   days: {', '.join(days) or '-'}")
-    last_day = (day_end - timedelta(microseconds=1)).date()
-    _backfill_and_materialize(settings, day_start.date(), last_day)
+        print(f"  {event_type:<18} {table.num_rows:>8} rows")
+    # Day 0 always: the first training joins these daily tables point in time (no logged features yet).
+    _backfill_and_materialize(settings, SIM_START.date(), SIM_START.date())
 
     header(*BOXES[3])
-    result = _train(settings, quick)
+    result = _train(settings, profile.tower_epochs)
     header(*BOXES[4])
     _show_registry(settings, result)
 
     header(*BOXES[5])
     _read_online(settings, events)
-
-    header(*BOXES[6])
-    _serve_simulated_users(settings, market, visits=60 if quick else 200)
-
-    header(*BOXES[7])
-    print("  not built yet — see `issues`")
-
-    print("\n━━ stack " + "━" * 69)
-    for row in supervisor.status():
-        print(f"  {row.name:<17} {row.state:<10} pid {row.pid}  port {row.port or '-'}  {row.rss_mb:,.0f} MiB")
-    print(f"\ndemo finished in {time.monotonic() - started:.0f} s; the stack is still up "
-          f"(`make down` stops it, `.venv/bin/eightbox status` reports on it)")
+    return market, market.flush_pending()

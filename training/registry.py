@@ -68,6 +68,7 @@ class Tag:
     GATE_PASSED, AT_CHALLENGER, AT_CHAMPION, ROLLED_BACK = (
         "rung.gate_passed", "rung.challenger", "rung.champion", "rung.rolled_back")
     PREVIOUS_CHAMPION, FORCED = "previous_champion", "champion.forced"
+    GATE_BASIS = "gate.champion_basis"
 
 
 class BundleModel(PythonModel):
@@ -230,15 +231,23 @@ def alias_version(settings: Settings, alias: str, model_name: str = MODEL_NAME) 
 
 
 def propose(settings: Settings, version: str | int, thresholds: GateThresholds,
-            model_name: str = MODEL_NAME) -> GateResult:
+            model_name: str = MODEL_NAME, champion_metrics: Mapping[str, float] | None = None) -> GateResult:
     """Gate `version` (its run's metrics) against the current champion's; with no champion, floors and
     ceilings alone decide. On a pass, alias ``challenger`` moves to `version`; on a refusal no alias
-    moves. Either way the verdict, reasons, compared champion and thresholds become version tags."""
+    moves. Either way the verdict, reasons, compared champion and thresholds become version tags.
+    `champion_metrics`: the champion measured on the candidate's own test window (the fair exam);
+    None compares with the metrics logged by the champion's own run (tag ``gate.champion_basis``)."""
     version = str(version)
     with _mlflow(settings) as client:
         candidate = client.get_run(client.get_model_version(model_name, version).run_id).data.metrics
         champ = _alias_version(client, model_name, CHAMPION)
-        champ_metrics = client.get_run(champ.run_id).data.metrics if champ else None
+        if champ is not None and champion_metrics is not None:
+            champ_metrics = dict(champion_metrics)
+            client.set_model_version_tag(model_name, version, Tag.GATE_BASIS, "champion on this test window")
+        else:
+            champ_metrics = client.get_run(champ.run_id).data.metrics if champ else None
+            if champ is not None:
+                client.set_model_version_tag(model_name, version, Tag.GATE_BASIS, "champion's own run")
         result = gate(candidate, champ_metrics, thresholds)
         at = _now()
         tags = {Tag.GATE_RESULT: "passed" if result.passed else "refused",
@@ -408,8 +417,8 @@ def serving_registry_state(settings: Settings, model_name: str = MODEL_NAME) -> 
         experiment, error = experiment_from_tags(tags), None
     except RegistryError as e:  # a bad tag must not stop the champion from being followed
         experiment, error = dict(EXPERIMENT_DEFAULTS), str(e)
-    return {**{alias: (str(aliases[alias]) if alias in aliases else None) for alias in (CHAMPION, CHALLENGER, HOLDBACK)},
-            "experiment": experiment, "experiment_error": error}
+    versions = {alias: str(aliases[alias]) if alias in aliases else None for alias in (CHAMPION, CHALLENGER, HOLDBACK)}
+    return {**versions, "experiment": experiment, "experiment_error": error}
 
 
 def load_by_alias(settings: Settings, alias: str = CHAMPION, *, dst_path: str | Path | None = None,

@@ -1,0 +1,293 @@
+"""The closed loop: simulated days of marketplace traffic through every box, with a drift, its
+detection, a retrain, the promotion ladder and the recovery.
+
+Day 0 is the world before Eightbox: a popularity policy's traffic published straight to Kafka,
+archived, featurised (Flink, nightly Spark, Feast), and the first model trained and made champion.
+From day 1 every visit asks the serving API (`POST /recommend`, stamped with the simulated time),
+the simulated user answers the slate it got, and the clicks and engagements go back through
+`POST /events` when their simulated time comes (engagements arrive minutes to hours later: label
+delay). Each day is served in ticks; after each tick the lake archiver lands the events and the
+ladder (if a model is climbing) takes its step. After each day: the nightly Spark backfill, the
+monitoring job over the day, and, on an alert, a retrain whose candidate starts up the ladder.
+
+On the same visits the loop also scores what the popularity policy and the oracle (the simulator's
+true click probabilities) would have shown, so each day has three CTRs, expected (the mean true
+click probability of the slate as shown, position bias included: no sampling noise), plus the
+realised CTR of what we served. The drift (`SimConfig.drift_at`) moves every user's taste on
+`drift_day`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from eightbox.settings import Settings
+from eightbox.training.promotion import LadderConfig
+
+
+@dataclass(frozen=True)
+class LoopProfile:
+    days: int = 6  # served days after day 0
+    drift_day: int = 3  # the taste drift starts at the beginning of this day
+    drift_strength: float = 1.0
+    sessions_per_hour: float = 40.0
+    world: dict = field(default_factory=dict)  # SimConfig overrides
+    ticks_per_day: int = 4
+    tower_epochs: int = 6
+    seed: int = 7
+    nightly_spark: bool = True  # on served days (day 0 always runs it: the first training needs it)
+    ladder: LadderConfig = LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=12,
+                                        min_shadow_requests=30, min_arm_impressions=300)
+
+
+FULL = LoopProfile()
+QUICK = LoopProfile(days=4, drift_day=2, sessions_per_hour=30.0, tower_epochs=4,
+                    world=dict(n_users=500, n_items=400, n_creators=60), nightly_spark=False,
+                    ladder=LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=6,
+                                        min_shadow_requests=20, min_arm_impressions=200))
+
+
+@dataclass
+class DayRow:
+    day: int
+    date: str
+    requests: int = 0
+    shown: int = 0
+    clicks: int = 0
+    ctr_expected: float = 0.0  # ours, the slate as served
+    ctr_popularity: float = 0.0
+    ctr_oracle: float = 0.0
+    p99_ms: float = float("nan")
+    rungs: dict = field(default_factory=dict)
+    arms: dict = field(default_factory=dict)
+    alerts: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    @property
+    def ctr(self) -> float:
+        return self.clicks / self.shown if self.shown else float("nan")
+
+
+class _Traffic:
+    """Serves visits through the API and returns users' actions through /events at their own time."""
+
+    def __init__(self, settings: Settings, market, http):
+        from eightbox.ingest.simulator.policies import oracle_policy, popularity_policy
+
+        self.settings, self.market, self.http = settings, market, http
+        self.pop, self.oracle = popularity_policy(market), oracle_policy(market)
+        self.pending: list = []  # (event_time, n, event): actions whose simulated time has not come
+        self.buffer: list = []
+        self._n = itertools.count()
+
+    def _expected(self, user: str, at: datetime, slate: list[str]) -> float:
+        if not slate:
+            return 0.0
+        return float(self.market.click_probabilities(user, slate, np.arange(len(slate)), at).mean())
+
+    def _release(self, until: datetime) -> None:
+        while self.pending and self.pending[0][0] <= until:
+            self.buffer.append(heapq.heappop(self.pending)[2])
+        if len(self.buffer) >= self.settings.serving_max_events_per_request:
+            self.flush()
+
+    def flush(self) -> None:
+        step = self.settings.serving_max_events_per_request
+        for i in range(0, len(self.buffer), step):
+            chunk = self.buffer[i:i + step]
+            r = self.http.post("/events", content="[" + ",".join(e.model_dump_json() for e in chunk) + "]",
+                               headers={"content-type": "application/json"})
+            if r.status_code != 202:
+                raise RuntimeError(f"/events refused a batch: {r.status_code} {r.text[:300]}")
+        self.buffer = []
+
+    def serve(self, hours: float, row: DayRow, latencies: list[float]) -> None:
+        from eightbox.ingest.simulator import Visit
+
+        k = self.market.config.slate_size
+        for x in self.market.visits(hours):
+            self._release(getattr(x, "at", None) or x.event_time)
+            if not isinstance(x, Visit):  # a signup or a new item: through the same front door
+                self.buffer.append(x)
+                continue
+            t = time.perf_counter()
+            r = self.http.post("/recommend", json={"user_id": x.user_id, "k": k,
+                                                   "context": {"request_time": x.at.isoformat()}})
+            latencies.append((time.perf_counter() - t) * 1000)
+            if r.status_code != 200:
+                row.rungs[str(r.status_code)] = row.rungs.get(str(r.status_code), 0) + 1
+                continue
+            body = r.json()
+            row.rungs[body["rung"]] = row.rungs.get(body["rung"], 0) + 1
+            arm = body["explanation"].get("experiment_arm", "?")
+            row.arms[arm] = row.arms.get(arm, 0) + 1
+            known = set(self.market.candidates)
+            slate = [i["item_id"] for i in body["items"] if i["item_id"] in known]
+            cands = self.market.candidates
+            row.requests += 1
+            row.ctr_expected += self._expected(x.user_id, x.at, slate)
+            row.ctr_popularity += self._expected(x.user_id, x.at, self.pop(x.user_id, x.at, cands, k))
+            row.ctr_oracle += self._expected(x.user_id, x.at, self.oracle(x.user_id, x.at, cands, k))
+            if not slate:
+                continue
+            row.shown += len(slate)
+            for e in self.market.respond(x, slate):
+                if e.event_type == "impression_served":
+                    continue  # the server logged its own, with the features it scored
+                if e.event_type == "item_clicked":
+                    row.clicks += 1
+                    e = e.model_copy(update={"request_id": body["request_id"]})  # labels join on it
+                heapq.heappush(self.pending, (e.event_time, next(self._n), e))
+        self._release(self.market.now)
+        self.flush()
+
+
+def _archive(settings: Settings) -> int:
+    from eightbox.ingest.archiver import LakeArchiver
+
+    return LakeArchiver(settings).run(idle_exit_s=2.0)
+
+
+def _reload(http, settings: Settings) -> None:
+    token = sorted(settings.admin_tokens)[0]
+    r = http.post("/admin/reload", headers={"Authorization": f"Bearer {token}"})
+    if r.status_code not in (200, 404):
+        print(f"  (reload answered {r.status_code}: {r.text[:200]})")
+
+
+def _monitor(settings: Settings, start: datetime, end: datetime, report_path) -> tuple[list, Any]:
+    from eightbox.monitoring.job import run_monitoring
+    from eightbox.monitoring.report import write_report
+
+    result = run_monitoring(settings, start, end, kafka_lag=False)
+    write_report(result, report_path)
+    return result.alerts, result
+
+
+def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lambda *a: None) -> dict:
+    """Days 1..profile.days on a stack whose day 0 `bootstrap(market)` has built (traffic published,
+    first champion registered). Returns the summary (also the bench's JSON)."""
+    import httpx
+
+    from eightbox.deploy.serving_service import base_url
+    from eightbox.training.ladder_evidence import from_lake
+    from eightbox.training.ladder_runner import LadderRunner
+    from eightbox.training.pipeline import TrainConfig, train
+
+    started = time.monotonic()
+    market, leftovers = bootstrap()
+    start = market.config.start
+    drift_at = start + timedelta(days=profile.drift_day)
+    ladder = LadderRunner(settings, from_lake(settings), profile.ladder, model_name=settings.serving_model_name)
+    rows: list[DayRow] = []
+    latencies_all: list[float] = []
+    detected_at = retrained_at = promoted_at = None
+    reports = settings.home / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    tick = 24.0 / profile.ticks_per_day
+    with httpx.Client(base_url=base_url(settings), timeout=30.0) as http:
+        _reload(http, settings)
+        traffic = _Traffic(settings, market, http)
+        for e in leftovers:  # day 0's actions still in the future (engagements after late clicks)
+            heapq.heappush(traffic.pending, (e.event_time, next(traffic._n), e))
+        for day in range(1, profile.days + 1):
+            day_start = start + timedelta(days=day)
+            day_end = day_start + timedelta(days=1)
+            row = DayRow(day, f"{day_start:%Y-%m-%d}")
+            header("7", "serving", f"day {day}{' · drift' if day == profile.drift_day else ''}")
+            latencies: list[float] = []
+            for n in range(profile.ticks_per_day):
+                traffic.serve(tick, row, latencies)
+                _archive(settings)
+                now = day_start + timedelta(hours=tick * (n + 1))
+                if ladder.active:
+                    before = ladder.state.rung
+                    decision = ladder.step(now)
+                    if decision.action != "wait":
+                        note = f"{now:%m-%d %H:%M} v{ladder.state.version}: {before} → {ladder.state.rung}"
+                        row.notes.append(note)
+                        print(f"  ladder {note} ({'; '.join(decision.reasons)})")
+                        if decision.action == "promote":
+                            promoted_at = promoted_at or now
+                        _reload(http, settings)
+            row.p99_ms = float(np.percentile(latencies, 99)) if latencies else float("nan")
+            latencies_all += latencies
+            for attr in ("ctr_expected", "ctr_popularity", "ctr_oracle"):
+                setattr(row, attr, getattr(row, attr) / max(row.requests, 1))
+            print(f"  {row.requests} requests (p99 {row.p99_ms:.1f} ms, rungs {row.rungs}, arms {row.arms}); "
+                  f"CTR ours {row.ctr_expected:.4f} (realised {row.ctr:.4f}), popularity {row.ctr_popularity:.4f}, "
+                  f"oracle {row.ctr_oracle:.4f}")
+            if profile.nightly_spark:
+                header("2", "feature pipeline", "nightly Spark backfill")
+                from eightbox.demo import _backfill_and_materialize
+
+                _backfill_and_materialize(settings, day_start.date(), day_start.date())
+            header("8", "monitoring", f"day {day}")
+            report = reports / f"monitoring-day{day}.html"
+            alerts, _ = _monitor(settings, day_start, day_end, report)
+            row.alerts = [a.alert for a in alerts]
+            print(f"  {len(alerts)} alert(s){': ' + '; '.join(row.alerts[:6]) if alerts else ''}  report: {report}")
+            if alerts and day >= profile.drift_day and detected_at is None:
+                detected_at = day_end
+            if alerts and not ladder.active:
+                header("4", "training", f"retrain after day {day}'s alerts")
+                result = train(settings, TrainConfig(as_of=day_end, promote="never", tower_epochs=profile.tower_epochs,
+                                                     model_name=settings.serving_model_name),
+                               progress=lambda m: print(f"  {m}", flush=True))
+                retrained_at = retrained_at or day_end
+                if result.gate_passed:
+                    ladder.start(result.version, day_end)
+                    row.notes.append(f"retrained v{result.version}: gate passed → challenger")
+                else:
+                    row.notes.append(f"retrained v{result.version}: gate refused ({'; '.join(result.gate_reasons)[:200]})")
+                print(f"  {row.notes[-1]}")
+            rows.append(row)
+    summary = summarise(rows, profile, detected_at=detected_at, drift_at=drift_at, retrained_at=retrained_at,
+                        promoted_at=promoted_at, latencies=latencies_all, wall_s=time.monotonic() - started,
+                        report=str(reports / "loop.html"))
+    from eightbox.loop_report import write_loop_report
+
+    write_loop_report(summary, profile.drift_day, reports / "loop.html")
+    return summary
+
+
+def summarise(rows: list[DayRow], profile: LoopProfile, *, detected_at, drift_at, retrained_at, promoted_at,
+              latencies, wall_s, report) -> dict:
+    pre = [r.ctr_expected for r in rows if r.day < profile.drift_day]
+    last = rows[-1] if rows else None
+    pre_ctr = float(np.mean(pre)) if pre else float("nan")
+    return {
+        "days": [asdict(r) | {"ctr": r.ctr} for r in rows],
+        "drift_detected": detected_at is not None,
+        "detected_after_hours": (detected_at - drift_at) / timedelta(hours=1) if detected_at else None,
+        "retrained_at": retrained_at.isoformat() if retrained_at else None,
+        "promoted": promoted_at is not None,
+        "promoted_at": promoted_at.isoformat() if promoted_at else None,
+        "recovered_ratio": last.ctr_expected / pre_ctr if last and pre_ctr else None,
+        "ctr_vs_oracle": last.ctr_expected / last.ctr_oracle if last and last.ctr_oracle else None,
+        "ctr_vs_popularity": last.ctr_expected / last.ctr_popularity if last and last.ctr_popularity else None,
+        "serving_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+        "report": report,
+        "wall_s": round(wall_s, 1),
+    }
+
+
+def summary_line(summary: dict) -> str:
+    """The summary without its per-day rows, as one JSON line (the bench's last line)."""
+    return json.dumps({k: v for k, v in summary.items() if k != "days"})
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\n{'day':>4} {'date':>10} {'ours':>7} {'realised':>8} {'popular':>7} {'oracle':>7} {'p99 ms':>7}  events")
+    for d in summary["days"]:
+        print(f"{d['day']:>4} {d['date']:>10} {d['ctr_expected']:>7.4f} {d['ctr']:>8.4f} {d['ctr_popularity']:>7.4f} "
+              f"{d['ctr_oracle']:>7.4f} {d['p99_ms']:>7.1f}  {'; '.join(d['notes'] + d['alerts'][:2])[:120]}")
+    print(summary_line(summary))
