@@ -25,6 +25,9 @@ lowest rate tried, with ``met_budget`` false), whether that p99 is within the 50
 p99 from the responses' ``explanation.stages[].latency_ms``, the rungs that answered and the stages
 that did not end "ok" (timeouts explain a "fallback" rung), and every rate's summary.
 
+A rate far past saturation (`overloaded`: p99 over 10× the budget, or most requests failed) ends
+the climb; the rates above it are not run.
+
 The machine is shared and noisy: the 1-minute load average is printed and recorded before each rate.
 """
 
@@ -60,6 +63,12 @@ def bench_settings(settings: Settings) -> Settings:
 def plan(quick: bool) -> tuple[list[int], float]:
     """(rates in RPS, seconds per rate)."""
     return ([25, 50, 100, 200], 5.0) if quick else ([25, 50, 100, 200], 15.0)
+
+
+def overloaded(r: dict) -> bool:
+    """Far past saturation (p99 over 10× the budget, or over half the requests failed): a higher
+    rate can only be worse, and would load a shared machine for minutes to show it."""
+    return r["errors"] > r["requests"] / 2 or r["p99_ms"] is None or r["p99_ms"] > 10 * BUDGET_MS
 
 
 def met_budget(r: dict) -> bool:
@@ -214,6 +223,9 @@ def _measure(url: str, users: list[str], quick: bool, server_pid: int | None = N
                   f"       server CPU {api['cpu_ms_per_request']} ms per request, floor's "
                   f"{api['floor_cpu_ms_per_request']} ms\n       stage p99 {api['stages']}\n"
                   f"       stages not ok {api['not_ok']}", flush=True)
+            if overloaded(api) and rate != rates[-1]:
+                print(f"  overloaded at {rate} RPS: higher rates skipped", flush=True)
+                break
     finally:
         floor_server.stop(proc)
     return results

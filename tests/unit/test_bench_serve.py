@@ -98,7 +98,7 @@ def test_ranker_examples_carry_every_feature_and_validate_on_later_impressions(s
 
 
 def _rate(rps: int, p99: float | None, errors: int = 0) -> dict:
-    return {"rps": rps, "p50_ms": p99, "p95_ms": p99, "p99_ms": p99, "errors": errors, "floor_p99_ms": 2.0,
+    return {"rps": rps, "requests": rps * 15, "p50_ms": p99, "p95_ms": p99, "p99_ms": p99, "errors": errors, "floor_p99_ms": 2.0,
             "stages": {"rank": 1.0}, "max_send_lag_ms": 0.1, "load_1m": 1.0}
 
 
@@ -117,6 +117,13 @@ def test_a_rate_with_errors_does_not_meet_the_budget_however_fast():
 def test_when_no_rate_meets_the_budget_the_lowest_is_reported_as_missed():
     out = bench_serve.summarize([_rate(50, 150.0), _rate(25, 120.0), _rate(100, None, errors=500)])
     assert (out["rps"], out["met_budget"], out["met_aim"]) == (25, False, False)
+
+
+def test_a_rate_far_past_saturation_stops_the_climb():
+    assert not bench_serve.overloaded(_rate(100, 900.0, errors=700))
+    assert bench_serve.overloaded(_rate(100, 1001.0))
+    assert bench_serve.overloaded(_rate(100, 50.0, errors=751))
+    assert bench_serve.overloaded(_rate(100, None, errors=1500))
 
 
 def test_the_bench_stack_lives_under_its_own_home_on_shifted_ports():
