@@ -12,8 +12,10 @@ passes them in as `ServingDeps` (tests pass fakes). Endpoints:
 Limits: bodies over `serving_max_body_bytes` get 413 (by Content-Length, or counted as streamed);
 `k`, list lengths and string sizes are bounded by the models (422); beyond `serving_max_in_flight`
 concurrent requests /recommend and /events answer 429 with Retry-After at once. Bad input always
-gets a 4xx JSON `ErrorResponse`, never a 5xx. When the funnel raises, times out or returns a
-malformed answer, `deps.static` (if given) answers as the last rung, "static"; without it, 503.
+gets a 4xx JSON `ErrorResponse`, never a 5xx. A `context.request_time` is refused (422) unless the
+server trusts it (`serving_trust_request_time`: simulated-time runs), which stamps impressions with
+it. When the funnel raises, times out or returns a malformed answer, `deps.static` (if given)
+answers as the last rung, "static"; without it, 503.
 """
 
 import asyncio

@@ -1,8 +1,11 @@
 """The models one serving process answers with, loaded together from one bundle.
 
-`ModelSet` is immutable once built: a hot reload builds a new one and swaps the reference (the
-funnel reads ``funnel.models`` once per request), so a request never sees half of two bundles and
-an index is never mutated while it is searched.
+`ModelSet` is immutable once built: a hot reload builds a new one and swaps the reference (one
+`arms.ServingState` per process, read once per request), so a request never sees half of two bundles
+and an index is never mutated while it is searched.
+
+A bundle with the NumPy ``user_tower`` component is served without torch: the torch two-tower is
+then not loaded, and torch is never imported. Older bundles load the two-tower as their user tower.
 
 Loading never fails because one component does: a component that is absent from the bundle, fails
 to load, or does not belong with the others (an index built by another encoder) is None here, with

@@ -19,17 +19,16 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from eightbox.deploy.serving_service import base_url, serving
-from eightbox.deploy.supervisor import Supervisor
+from eightbox.deploy.serving_service import base_url
 from eightbox.ingest import lake
 from eightbox.ingest.archiver import LakeArchiver
 from eightbox.ingest.schema import TOPICS
 from eightbox.serving.experiments import ExperimentConfig
 from eightbox.training import registry
 
-from .conftest import _OFFSET
 from .test_api_events import read_until
 from .test_funnel_real import world  # noqa: F401  (world: features in Redis, a bundle on disk)
+from .test_serving_http import running, server_settings
 
 ADMIN = {"Authorization": "Bearer eightbox-development-admin-token"}  # env=test: the development tokens
 IMPRESSIONS, SHADOW = TOPICS["impression_served"].name, TOPICS["shadow_scored"].name
@@ -51,20 +50,12 @@ def _register(settings, bundle_dir, alias: str) -> str:
 @pytest.fixture(scope="module")
 def server(world):  # noqa: F811
     settings, bundle_dir, _ = world
-    settings = settings.model_copy(update={
-        "serving_port": 28010 + _OFFSET, "serving_model_name": f"experiments-test-{uuid.uuid4().hex[:6]}",
-        "serving_reload_interval_s": 3600.0,  # only /admin/reload moves it here
-        "serving_budget_scale": 20.0, "serving_request_timeout_s": 10.0,  # a shared 2-core machine
-        "serving_trust_request_time": True, "serving_shadow_max_in_flight": 64, "start_timeout_s": 180.0})
+    settings = server_settings(settings, 28010, "experiments-test", serving_trust_request_time=True,
+                               serving_shadow_max_in_flight=64)
     champion = _register(settings, bundle_dir, registry.CHAMPION)
     challenger = _register(settings, bundle_dir, registry.CHALLENGER)
-    supervisor = Supervisor(settings, {"serving": serving(settings)})
-    supervisor.up(progress=lambda *_: None)
-    try:
-        with httpx.Client(base_url=base_url(settings), timeout=60) as client:
-            yield settings, client, champion, challenger
-    finally:
-        supervisor.down(progress=lambda *_: None)
+    with running(settings) as client:
+        yield settings, client, champion, challenger
 
 
 def _experiment(server, **tags) -> ExperimentConfig:

@@ -18,7 +18,6 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from eightbox.features import specs
 from eightbox.features import store as feature_store
@@ -33,7 +32,9 @@ from eightbox.training import registry
 from eightbox.training.bundle import ComponentSpec, save_component, write_bundle
 from eightbox.training.covisitation import Covisitation, ItemCatalog
 from eightbox.training.interactions import interactions_from_events, items_from_events
-from eightbox.training.two_tower import TwoTower, TwoTowerConfig
+from eightbox.training.two_tower import TwoTowerConfig
+
+from ..unit.tiny_tower import fit_tower
 
 WORLD = SimConfig(seed=5, n_users=150, n_items=300, n_creators=30, sessions_per_hour=150.0)
 HOURS = 8.0
@@ -92,12 +93,7 @@ def world(stack, stack_settings, tmp_path_factory):
 
     # --- models: the two-tower, its index, a ranker on the same features, catalog, co-visitation
     inter, items = interactions_from_events(events), items_from_events(events)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    try:
-        tower = TwoTower.fit(inter, items, TwoTowerConfig(dim=16, epochs=2, seed=0), device="cpu")
-    finally:
-        torch.set_num_threads(threads)
+    tower = fit_tower(inter, items, TwoTowerConfig(dim=16, epochs=2, seed=0))
     ids, vectors = tower.item_embeddings(items)
     index = AnnIndex.build(ids, vectors, use_gpu=False)
     rows = shown.merge(items_df, on="item_id", how="left").merge(users_df, on="user_id", how="left")

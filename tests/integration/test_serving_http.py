@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -29,22 +31,34 @@ ADMIN = {"Authorization": "Bearer eightbox-development-admin-token"}  # env=test
 USER = {"Authorization": "Bearer eightbox-development-user-token"}
 
 
-@pytest.fixture(scope="module")
-def server(world):  # noqa: F811
-    settings, bundle_dir, users = world
-    settings = settings.model_copy(update={
-        "serving_port": 28000 + _OFFSET, "serving_model_name": f"serving-test-{uuid.uuid4().hex[:6]}",
+def server_settings(settings, port: int, model_name: str, **overrides):
+    """Settings for a serving process of its own under `model_name`, reloaded only by the test."""
+    return settings.model_copy(update={
+        "serving_port": port + _OFFSET, "serving_model_name": f"{model_name}-{uuid.uuid4().hex[:6]}",
         "serving_reload_interval_s": 3600.0,  # only /admin/reload and promote move it here
         "serving_budget_scale": 20.0, "serving_request_timeout_s": 10.0,  # a shared 2-core machine
-        "start_timeout_s": 180.0})
+        "start_timeout_s": 180.0, **overrides})
+
+
+@contextmanager
+def running(settings) -> Iterator[httpx.Client]:
+    """`python -m eightbox.serving` under the supervisor, and a client for it; stopped on exit."""
     supervisor = Supervisor(settings, {"serving": serving(settings)})
     supervisor.up(progress=lambda *_: None)
     try:
         with httpx.Client(base_url=base_url(settings), timeout=60) as client:
-            yield settings, client, bundle_dir, users
+            yield client
     finally:
         supervisor.down(progress=lambda *_: None)
         assert not supervisor.status()[0].running
+
+
+@pytest.fixture(scope="module")
+def server(world):  # noqa: F811
+    settings, bundle_dir, users = world
+    settings = server_settings(settings, 28000, "serving-test")
+    with running(settings) as client:
+        yield settings, client, bundle_dir, users
 
 
 def _register(settings, bundle_dir) -> str:

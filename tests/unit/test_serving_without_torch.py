@@ -1,6 +1,7 @@
 """A serving process on a bundle that carries the NumPy user tower never imports torch: the bundle is
 trained here (torch is a training dependency), then a fresh interpreter imports the serving bootstrap,
-loads the bundle and answers a request through the funnel offline, and reports `sys.modules`."""
+loads the bundle and answers a request through the funnel offline, and reports `sys.modules`. The
+same bundle without the NumPy tower (an older bundle) still serves, through torch: the check can fail."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import json
 import subprocess
 import sys
 
-import torch
-
 from eightbox.ingest.simulator import Marketplace, SimConfig
 from eightbox.retrieval.ann_index import AnnIndex
 from eightbox.serving.user_encoder import export_user_tower
 from eightbox.training.bundle import ComponentSpec, save_component, write_bundle
 from eightbox.training.covisitation import Covisitation, ItemCatalog
 from eightbox.training.interactions import interactions_from_events, items_from_events
-from eightbox.training.two_tower import TwoTower, TwoTowerConfig
+from eightbox.training.two_tower import TwoTowerConfig
+
+from .tiny_tower import fit_tower
 
 SIM = SimConfig(seed=4, n_users=60, n_items=120, sessions_per_hour=300)
 
@@ -39,12 +40,7 @@ print(json.dumps({"torch": sorted(m for m in sys.modules if m == "torch" or m.st
 def test_a_serving_process_on_a_bundle_with_the_numpy_tower_never_imports_torch(tmp_path):
     events = Marketplace(SIM).bootstrap_events() + list(Marketplace(SIM).simulate(hours=2))
     inter, items = interactions_from_events(events), items_from_events(events)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    try:
-        tower = TwoTower.fit(inter, items, TwoTowerConfig(dim=8, epochs=1, seed=0), device="cpu")
-    finally:
-        torch.set_num_threads(threads)
+    tower = fit_tower(inter, items, TwoTowerConfig(dim=8, epochs=1, seed=0))
     ids, vectors = tower.item_embeddings(items)
     export_user_tower(tower, tmp_path / "user_tower")
     version = tower.encoder_version
@@ -57,10 +53,20 @@ def test_a_serving_process_on_a_bundle_with_the_numpy_tower_never_imports_torch(
     write_bundle(tmp_path, name="no-torch", components=comps, metadata={"encoder_version": version})
 
     user = str(inter["user_id"].iloc[0])
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), user], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    seen = _serve_in_a_fresh_process(tmp_path, user)
     assert seen["tower"] == "numpy" and not seen["two_tower_loaded"]
     assert seen["items"] == 5 and seen["ann"] == "ok", seen
     assert seen["torch"] == [], f"serving imported {seen['torch'][:5]}"
+
+    del comps["user_tower"]
+    write_bundle(tmp_path, name="older", components=comps, metadata={"encoder_version": version})
+    older = _serve_in_a_fresh_process(tmp_path, user)
+    assert older["tower"] == "torch" and older["two_tower_loaded"] and older["ann"] == "ok"
+    assert "torch" in older["torch"]
+
+
+def _serve_in_a_fresh_process(bundle_dir, user: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(bundle_dir), user], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
