@@ -4,11 +4,12 @@ layers against the registry's champion, stores the results and exports them.
 Inputs: the window's logged impressions from the lake (their ``features`` are exactly what the
 ranker saw), clicks and engagements (labels: `training.labels.attach_labels`, only impressions at
 least ``monitoring_label_delay_s`` older than the end, whose labels are final), item metadata for
-the catalog, the champion's training reference and model from MLflow (the model rescores the
-logged vectors: impressions log the value score, the reference and ECE are about P(click)), and
-for the system layer a scrape of the serving /metrics, the archiver group's consumer lag and the
-streaming feature history. Window boundaries are arguments only: nothing here reads the clock, so
-the closed-loop demo can monitor simulated days.
+the catalog, shadow-scoring events (challenger beside champion), the champion's training
+reference and model from MLflow (the model rescores the logged vectors: impressions log the value
+score, the reference and ECE are about P(click)), and for the system layer a scrape of the
+serving /metrics, the archiver group's consumer lag and the streaming feature history. Window
+boundaries are arguments only: nothing here reads the clock, so the closed-loop demo can monitor
+simulated days.
 
 Outputs: a `MonitoringResult`, a file in the `monitoring` lake table and the Prometheus textfile.
 """
@@ -167,7 +168,8 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
         raise MonitoringError(f"the window must end after it starts: {start} .. {end}")
     model_name = model_name or settings.serving_model_name
     th = thresholds(settings.monitoring_threshold_overrides)
-    lake = {et: _events(settings, et) for et in ("impression_served", "item_clicked", "item_engaged", "item_published")}
+    lake = {et: _events(settings, et) for et in ("impression_served", "item_clicked", "item_engaged", "item_published",
+                                                 "shadow_scored")}
     imps = _between(lake["impression_served"], start, end)
     # Lower rungs of the degradation ladder log no features (no ranker scored them): counting them
     # as nulls would turn every degraded minute into a data alert, so data and model checks skip them.
@@ -184,6 +186,7 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
         checks += data_checks.data_checks(ref, live, th)
     for name, summary in ref.get("scores", {}).items():
         checks.append(model_checks.score_psi_check(name, summary, scores.get(name, np.array([])), th["score_psi"]))
+    checks += model_checks.shadow_checks(_between(lake["shadow_scored"], start, end), th["shadow_score_psi"])
 
     current, labelled = _kpis(settings, lake, start, end)
     previous, _ = _kpis(settings, lake, start - (end - start), start)
@@ -202,7 +205,7 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
 
     score_bins = pd.concat([model_checks.score_bins(n, s, scores.get(n, np.array([])))
                             for n, s in ref.get("scores", {}).items()] or [pd.DataFrame()], ignore_index=True)
-    result = MonitoringResult(start.to_pydatetime(), end.to_pydatetime(), model_name, champion.version, checks,
+    result = MonitoringResult(start, end, model_name, champion.version, checks,
                               score_bins=score_bins, daily=product_metrics.daily_ctr(labelled), calibration=calibration)
     if write:
         from .lake_table import write_result

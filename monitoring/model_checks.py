@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from eightbox.ranking.calibration import expected_calibration_error
+from eightbox.training.reference import numeric_summary
 
 from .psi import bin_shares, numeric_psi
 from .results import CheckResult, judged
@@ -58,3 +59,17 @@ def score_bins(name: str, summary: Mapping, scores: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(columns=["score", "lower", "reference", "live"])
     return pd.DataFrame({"score": name, "lower": edges[:-1], "reference": summary["shares"],
                          "live": bin_shares(scores, edges)})
+
+
+def shadow_checks(shadow: pd.DataFrame, threshold: Threshold) -> list[CheckResult]:
+    """Challenger vs champion on the same requests (`ShadowScored` events), one check per pair of
+    versions: PSI of the challenger's scores over the deciles of the champion's. High means the
+    challenger would rank very differently from what users see now."""
+    out = []
+    for (champion, challenger), g in shadow.groupby(["champion_version", "challenger_version"]):
+        ours, theirs = (np.array([v for scores in g[col] for v in (scores if scores is not None else [])
+                                  if v is not None], dtype=float) for col in ("champion_scores", "challenger_scores"))
+        value = numeric_psi(numeric_summary(ours), theirs) if len(ours) else float("nan")
+        out.append(judged(LAYER, "shadow_score_psi", f"v{challenger} vs v{champion}", value, threshold,
+                          f"{len(g)} shadowed requests, {len(theirs)} challenger scores"))
+    return out

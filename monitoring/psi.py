@@ -13,12 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 EPSILON = 1e-4
 OTHER = "__other__"  # the reference's pool of categories outside its top list (training/reference.py)
 
 
-def psi(reference: Sequence[float], live: Sequence[float], eps: float = EPSILON) -> float:
+def psi(reference: ArrayLike, live: ArrayLike, eps: float = EPSILON) -> float:
     """PSI of two share vectors over the same bins (each sums to ~1)."""
     e = np.asarray(reference, dtype=float)
     a = np.asarray(live, dtype=float)

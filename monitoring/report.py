@@ -47,8 +47,9 @@ def psi_plot(result: MonitoringResult) -> str:
         psi.sort(key=lambda c: c.subject)
         ax.barh([c.subject for c in psi], [c.value for c in psi],
                 color=["#c0392b" if c.status == ACT else "#e1a100" if c.status == WATCH else "#2e86c1" for c in psi])
-        ax.axvline(psi[0].watch, color="#e1a100", ls="--", label=f"watch {psi[0].watch:g}")
-        ax.axvline(psi[0].act, color="#c0392b", ls="--", label=f"act {psi[0].act:g}")
+        for bound, colour, label in ((psi[0].watch, "#e1a100", "watch"), (psi[0].act, "#c0392b", "act")):
+            if bound is not None:
+                ax.axvline(bound, color=colour, ls="--", label=f"{label} {bound:g}")
         ax.set_xlabel("PSI vs training reference")
         ax.legend(loc="lower right")
     ax.set_title("Feature drift (PSI)")

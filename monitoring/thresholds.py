@@ -39,6 +39,7 @@ class Threshold:
 DEFAULTS: dict[str, Threshold] = {
     "psi": Threshold(0.1, 0.2),  # feature PSI against the training reference (the seed's bands)
     "score_psi": Threshold(0.1, 0.2),  # model score PSI against the reference's score bins
+    "shadow_score_psi": Threshold(0.1, 0.25),  # challenger's shadow scores vs the champion's, same requests
     "null_rate_increase": Threshold(0.02, 0.05),  # live null rate minus training null rate
     "out_of_range": Threshold(0.01, 0.05),  # share of live values outside the training [min, max]
     "unseen_category": Threshold(0.01, 0.05),  # share of live rows in a category training never saw

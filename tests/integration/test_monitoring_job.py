@@ -29,13 +29,14 @@ from eightbox.deploy.supervisor import Supervisor
 from eightbox.features.store import write_offline
 from eightbox.ingest.archiver import LakeArchiver
 from eightbox.ingest.producer import EventProducer
-from eightbox.ingest.schema import TOPICS, ImpressionServed, ItemClicked, ItemEngaged, ItemPublished
+from eightbox.ingest.schema import (TOPICS, ImpressionServed, ItemClicked, ItemEngaged, ItemPublished,
+                                    ShadowScored)
 from eightbox.monitoring.job import run_monitoring
 from eightbox.monitoring.lake_table import read_results
 from eightbox.monitoring.prometheus import textfile_path
 from eightbox.monitoring.service import report_path
 from eightbox.monitoring.system_checks import consumer_lag
-from eightbox.monitoring.thresholds import ACT, NO_DATA, WATCH
+from eightbox.monitoring.thresholds import ACT, NO_DATA, STABLE, WATCH
 from eightbox.settings import REPO_ROOT
 from eightbox.training import registry
 from eightbox.training.bundle import save_component, write_bundle
@@ -96,7 +97,15 @@ def traffic(prefix: str) -> tuple[list, dict]:
             x = rng.normal(size=(10, 3))
             clicks = rng.random(10) < p_click(x)
             degraded = r % 10 == 9  # a lower rung answered: nothing scored, no features logged
-            for pos, item in enumerate(rng.choice(catalog, 10, replace=False)):
+            slate = [str(i) for i in rng.choice(catalog, 10, replace=False)]
+            if checked and not degraded:  # a challenger shadow-scored beside the champion, ranking alike
+                p = p_click(x).tolist()
+                events.append(ShadowScored(
+                    event_id=f"{request}-shadow", event_time=at, request_id=request, user_id=user,
+                    champion_version="1", challenger_version="2", champion_item_ids=slate,
+                    champion_scores=[*p[:-1], None], challenger_item_ids=slate,
+                    challenger_scores=[v * 1.02 for v in p], champion_latency_ms=5.0, challenger_latency_ms=6.0))
+            for pos, item in enumerate(slate):
                 features = {} if degraded else dict(zip(FEATURES, x[pos].tolist()))
                 if checked and features and rng.random() < 0.3:
                     del features["f1"]  # the planted null spike
@@ -158,6 +167,8 @@ def test_monitoring_a_day_of_real_traffic_flags_the_planted_faults_and_nothing_e
     assert by[("model", "score_psi", "score")].value < 0.1
     ece = by[("model", "ece", "score")]
     assert ece.status not in (NO_DATA, ACT) and ece.value < 0.05, ece.detail
+    shadow = by[("model", "shadow_score_psi", "v2 vs v1")]  # list columns, nulls included, via the lake
+    assert shadow.status == STABLE and shadow.detail == "225 shadowed requests, 2250 challenger scores"
     assert reference["scores"]["score"]["shares"] == result.score_bins["reference"].tolist()
 
     # Product: CTR per segment exactly as the traffic was generated (labels: attribution, label delay).

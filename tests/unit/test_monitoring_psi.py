@@ -94,3 +94,24 @@ def test_thresholds_come_from_settings_and_a_bad_override_fails_at_startup():
     for bad in ('{"pis": [0.1, 0.2]}', '{"psi": [0.3, 0.2]}', "psi=0.1"):
         with pytest.raises(ValidationError, match="EIGHTBOX_MONITORING_THRESHOLDS"):
             Settings(monitoring_thresholds=bad)
+
+
+def test_shadow_scores_of_a_challenger_that_ranks_like_the_champion_are_stable_and_a_shifted_one_acts():
+    import pandas as pd
+
+    from eightbox.monitoring.model_checks import shadow_checks
+
+    rng = np.random.default_rng(3)
+
+    def requests(champion: str, challenger: str, shift: float) -> pd.DataFrame:
+        ours = rng.beta(2, 20, size=(400, 10))
+        theirs = ours + shift + rng.normal(0, 0.001, size=ours.shape)
+        return pd.DataFrame({"champion_version": champion, "challenger_version": challenger,
+                             "champion_scores": [list(r) + [None] for r in ours],  # None: no ranker score
+                             "challenger_scores": [list(r) for r in theirs]})
+
+    checks = {c.subject: c for c in shadow_checks(pd.concat([requests("3", "4", 0.0), requests("3", "5", 0.05)]),
+                                                  DEFAULTS["shadow_score_psi"])}
+    assert checks["v4 vs v3"].status == STABLE and checks["v4 vs v3"].value < 0.02
+    assert checks["v5 vs v3"].status == ACT
+    assert checks["v4 vs v3"].detail == "400 shadowed requests, 4000 challenger scores"
