@@ -339,3 +339,40 @@ def test_a_reload_swaps_the_whole_model_set_between_requests():
     first = recommend(f)
     f.models = models(versions={"bundle": "test@1", "encoder": "e2", "ranker": "rk2"})
     assert first.model_versions["bundle"] == "test@0" and recommend(f).model_versions["bundle"] == "test@1"
+
+
+# --- experiment arms --------------------------------------------------------------------------------------
+
+def test_a_failing_challenger_ranker_opens_its_own_breaker_and_the_champions_stays_closed():
+    breakers = Breakers(default=BreakerPolicy(window_calls=10, min_calls=3, error_rate=0.5), clock=Clock())
+    broken = models(ranker=FakeRanker(RuntimeError("bad export")), versions={"bundle": "new@1", "ranker": "rk9"})
+    f = funnel(breakers=breakers)
+
+    async def go():
+        return [await f.recommend("u1", 10, models=broken, arm="challenger") for _ in range(4)]
+
+    challenger = asyncio.run(go())
+    assert [r.stage("rank").status for r in challenger] == ["error"] * 3 + ["breaker_open"]
+    assert all(r.model_versions["bundle"] == "new@1" and r.rung == "fallback" for r in challenger)
+    assert breakers.states()["ranker@challenger"] == "open" and "ranker" not in breakers.states()
+    champion = recommend(f)  # self.models, arm champion: the plain breaker names
+    assert champion.rung == "full" and breakers.states()["ranker"] == "closed"
+
+
+def test_recommend_each_reads_the_history_once_and_answers_per_arms_models():
+    calls = []
+
+    class CountingHistory(FakeHistory):
+        def read_rows(self, rows):
+            calls.append(rows["user_id"])
+            return super().read_rows(rows)
+
+    other = models(versions={"bundle": "other@2", "ranker": "rk2"})
+    f = funnel(history=CountingHistory(["i03", "i21"]))
+    recs = asyncio.run(f.recommend_each({"champion": f.models, "challenger": other}, "u1", 10, request_id="r7"))
+    assert calls == [["u1"]], "one history read for both arms"
+    assert [recs[arm].model_versions["bundle"] for arm in ("champion", "challenger")] == ["test@0", "other@2"]
+    for rec in recs.values():
+        assert rec.rung == "full" and rec.request_id == "r7" and len(rec.items) == 10
+        assert [s.name for s in rec.stages].count("history") == 1
+        assert not {"i03", "i21"} & {c.item_id for c in rec.items}, "the shared history still filters"
