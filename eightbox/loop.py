@@ -156,6 +156,12 @@ def _archive(settings: Settings) -> int:
     return LakeArchiver(settings).run(idle_exit_s=2.0)
 
 
+def _dataset_source(path: str) -> str:
+    from eightbox.training.datasets import load_dataset
+
+    return str(load_dataset(path).manifest.get("source", "?"))
+
+
 def _reload(http, settings: Settings) -> None:
     token = sorted(settings.admin_tokens)[0]
     r = http.post("/admin/reload", headers={"Authorization": f"Bearer {token}"})
@@ -190,6 +196,7 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     rows: list[DayRow] = []
     latencies_all: list[float] = []
     detected_at = retrained_at = promoted_at = None
+    sources: list[str] = []  # where each retrain's examples came from ("logged": serving's own impressions)
     reports = settings.home / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     tick = 24.0 / profile.ticks_per_day
@@ -243,9 +250,12 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
                                                      model_name=settings.serving_model_name),
                                progress=lambda m: print(f"  {m}", flush=True))
                 retrained_at = retrained_at or day_end
+                sources.append(_dataset_source(result.dataset))
                 if result.gate_passed:
                     ladder.start(result.version, day_end)
-                    row.notes.append(f"retrained v{result.version}: gate passed → challenger")
+                    ladder.step(day_end)  # shadow starts with the next request, not the next tick
+                    _reload(http, settings)
+                    row.notes.append(f"retrained v{result.version} on {sources[-1]} features: gate passed → shadow")
                 else:
                     row.notes.append(f"retrained v{result.version}: gate refused ({'; '.join(result.gate_reasons)[:200]})")
                 print(f"  {row.notes[-1]}")
@@ -253,6 +263,7 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     summary = summarise(rows, profile, detected_at=detected_at, drift_at=drift_at, retrained_at=retrained_at,
                         promoted_at=promoted_at, latencies=latencies_all, wall_s=time.monotonic() - started,
                         report=str(reports / "loop.html"))
+    summary["retrain_sources"] = sources
     from eightbox.loop_report import write_loop_report
 
     write_loop_report(summary, profile.drift_day, reports / "loop.html")

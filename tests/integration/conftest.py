@@ -26,6 +26,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    # The closed loop reads whole topics into its own lake: it goes first, before other tests publish.
+    items.sort(key=lambda item: item.get_closest_marker("closed_loop") is None)
 
 
 @pytest.fixture(scope="session")

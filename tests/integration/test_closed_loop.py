@@ -1,0 +1,63 @@
+"""The closed loop end to end, at a small scale, on the session stack plus the pusher and the serving
+process: day 0 under a popularity policy (Kafka → lake → Flink → Spark → Feast → training → champion),
+then served days through `/recommend` and `/events` on the simulated clock, a taste drift, monitoring,
+a retrain on serving's own logged impressions, the ladder (shadow → canary → champion) and recovery.
+
+It runs first in the session (conftest orders it): the loop reads whole topics into its lake, and
+other tests' events there would be another world's traffic. It leaves the topics holding its own
+events, which the later tests already tolerate (they share the broker with each other too).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from eightbox.deploy.pusher_service import pusher
+from eightbox.deploy.serving_service import serving
+from eightbox.deploy.supervisor import Supervisor
+from eightbox.features.stream import control
+from eightbox.loop import LoopProfile, run_loop
+from eightbox.training.promotion import LadderConfig
+
+from .conftest import _OFFSET
+
+pytestmark = pytest.mark.closed_loop
+
+PROFILE = LoopProfile(days=4, drift_day=2, drift_strength=1.0, sessions_per_hour=20.0, ticks_per_day=4,
+                      tower_epochs=4, nightly_spark=False,
+                      world=dict(n_users=250, n_items=200, n_creators=40, new_users_per_hour=4.0, new_items_per_hour=1.0),
+                      ladder=LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=6,
+                                          min_shadow_requests=10, min_arm_impressions=100))
+
+
+@pytest.fixture(scope="module")
+def summary(stack, stack_settings, tmp_path_factory):
+    from eightbox.demo import _day_zero, _ensure_stream_job
+
+    settings = stack_settings.model_copy(update={
+        "home": tmp_path_factory.mktemp("loop"), "serving_port": 28200 + _OFFSET,
+        "serving_trust_request_time": True, "serving_reload_interval_s": 3600.0,
+        "serving_budget_scale": 5.0, "serving_request_timeout_s": 10.0, "start_timeout_s": 180.0})
+    services = Supervisor(settings, {"pusher": pusher(settings), "serving": serving(settings)})
+    services.up(progress=lambda *_: None)
+    job_id = _ensure_stream_job(settings)
+    try:
+        yield run_loop(settings, PROFILE, bootstrap=lambda: _day_zero(settings, PROFILE, job_id))
+    finally:
+        control.stop(settings, job_id, savepoint=False)
+        services.down(progress=lambda *_: None)
+
+
+def test_the_drift_is_detected_and_a_retrain_on_served_impressions_is_promoted(summary):
+    assert summary["drift_detected"], summary
+    assert "logged" in summary["retrain_sources"], summary  # serving's own impressions became training rows
+    assert summary["promoted"], summary
+
+
+def test_ctr_after_recovery_is_at_least_90_percent_of_before_the_drift(summary):
+    assert summary["recovered_ratio"] >= 0.9, summary
+
+
+def test_every_served_day_answered_from_the_full_funnel_mostly(summary):
+    for day in summary["days"]:
+        assert day["requests"] > 100 and day["rungs"].get("full", 0) >= 0.9 * day["requests"], day
