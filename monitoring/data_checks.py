@@ -78,7 +78,8 @@ def numeric_checks(name: str, summary: Mapping, values: pd.Series, th: Mapping[s
     return out
 
 
-def categorical_checks(name: str, summary: Mapping, values: pd.Series, th: Mapping[str, Threshold]) -> list[CheckResult]:
+def categorical_checks(name: str, summary: Mapping, values: pd.Series,
+                       th: Mapping[str, Threshold]) -> list[CheckResult]:
     """null-rate increase and unseen-category share of one categorical column."""
     live_null = float(values.isna().mean()) if len(values) else float("nan")
     ref_null = float(summary.get("null_rate", 0.0))

@@ -79,11 +79,15 @@ def ctr_plot(result: MonitoringResult) -> str:
     if daily.empty:
         _empty(ax, "matured impressions")
     else:
+        # Days as positions, not dates: a one-day window would otherwise span years of axis.
+        days = sorted(pd.to_datetime(daily["day"]).unique())
+        at = {d: i for i, d in enumerate(days)}
         for segment, g in daily.groupby("segment"):
-            ax.plot(pd.to_datetime(g["day"]), g["ctr"], marker="o", label=segment)
+            ax.plot([at[d] for d in pd.to_datetime(g["day"])], g["ctr"], marker="o", label=segment)
+        ax.set_xticks(range(len(days)), [f"{d:%Y-%m-%d}" for d in days], rotation=30)
+        ax.set_ylim(bottom=0)
         ax.set_ylabel("CTR")
         ax.legend()
-        fig.autofmt_xdate()
     ax.set_title("CTR per day by segment")
     return _png(fig)
 

@@ -69,7 +69,8 @@ def serving_checks(metrics_text: str, th: Mapping[str, Threshold]) -> list[Check
         for q, name in ((0.5, "stage_p50_s"), (0.99, "stage_p99_s")):
             out.append(judged(LAYER, name, stage, histogram_quantile(q, bs), th[name], f"{n} observations"))
     rate = (lambda k: k / answered) if answered else (lambda k: float("nan"))
-    out.append(judged(LAYER, "error_rate", "", rate(errors), th["error_rate"], f"{errors:.0f} of {answered:.0f} requests"))
+    out.append(judged(LAYER, "error_rate", "", rate(errors), th["error_rate"],
+                      f"{errors:.0f} of {answered:.0f} requests"))
     out.append(judged(LAYER, "shed_rate", "", rate(shed), th["shed_rate"], f"{shed:.0f} of {answered:.0f} requests"))
     return out
 

@@ -31,7 +31,7 @@ from eightbox.ingest.archiver import LakeArchiver
 from eightbox.ingest.producer import EventProducer
 from eightbox.ingest.schema import (TOPICS, ImpressionServed, ItemClicked, ItemEngaged, ItemPublished,
                                     ShadowScored)
-from eightbox.monitoring.job import run_monitoring
+from eightbox.monitoring.job import MonitoringError, run_monitoring
 from eightbox.monitoring.lake_table import read_results
 from eightbox.monitoring.prometheus import textfile_path
 from eightbox.monitoring.service import report_path
@@ -197,6 +197,11 @@ def test_monitoring_a_day_of_real_traffic_flags_the_planted_faults_and_nothing_e
     assert samples["eightbox_monitoring_alerts"] == 2
 
 
+def test_a_model_without_a_champion_is_a_clear_error(settings):
+    with pytest.raises(MonitoringError, match="never-registered-.* has no champion"):
+        run_monitoring(settings, DAY, DAY + timedelta(days=1), model_name=f"never-registered-{uuid.uuid4().hex[:6]}")
+
+
 def test_eightbox_monitor_writes_the_report_and_prints_the_alerts(settings, tmp_path):
     name = f"monitored-cli-{uuid.uuid4().hex[:8]}"
     champion(settings, tmp_path, name)
@@ -216,8 +221,8 @@ def test_eightbox_monitor_writes_the_report_and_prints_the_alerts(settings, tmp_
     page = report.read_text(encoding="utf-8")
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
     assert "data/unseen_category[category]" in page
-    assert list(pq.ParquetFile(next((settings.lake_dir / "monitoring").glob("dt=2019-07-03/*.parquet"))).schema_arrow.names)[:4] == \
-        ["window_start", "window_end", "model_name", "model_version"]
+    stored = next((settings.lake_dir / "monitoring").glob("dt=2019-07-03/*.parquet"))
+    assert pq.read_schema(stored).names[:4] == ["window_start", "window_end", "model_name", "model_version"]
 
 
 def test_the_supervised_service_runs_the_checks_on_schedule_and_beats(settings, tmp_path):

@@ -119,3 +119,11 @@ def test_prometheus_text_carries_each_check_its_status_and_the_alert_count():
     assert samples[("eightbox_monitoring_value", psi)] == 0.31
     assert samples[("eightbox_monitoring_status", psi)] == 2
     assert samples[("eightbox_monitoring_alerts", ())] == 1
+
+
+def test_a_window_that_ends_before_it_starts_is_refused_before_anything_is_read(tmp_path):
+    from eightbox.monitoring.job import MonitoringError, run_monitoring
+
+    settings = Settings(home=tmp_path, mlflow_tracking_uri="http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(MonitoringError, match="must end after it starts"):
+        run_monitoring(settings, datetime(2024, 5, 3, tzinfo=timezone.utc), datetime(2024, 5, 2, tzinfo=timezone.utc))
