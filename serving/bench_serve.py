@@ -51,11 +51,13 @@ TIMEOUT_S = 2.0
 K = 10
 
 
-def bench_settings(settings: Settings) -> Settings:
-    """The bench's own stack: home ``<home>/bench/serve``, every port of it shifted by PORT_SHIFT."""
+def bench_settings(settings: Settings, world_key: str = "") -> Settings:
+    """The bench's own stack: home ``<home>/bench/serve``, every port of it shifted by PORT_SHIFT, and
+    a registered model per world (``eightbox-bench-<key>``), so that switching worlds never leaves
+    one world's champion as the other's holdback."""
     return settings.model_copy(update={
         "home": settings.home / "bench" / "serve", "kafka_bootstrap": None, "redis_url": None,
-        "mlflow_tracking_uri": None,
+        "mlflow_tracking_uri": None, "serving_model_name": f"eightbox-bench-{world_key or 'world'}",
         **{k: getattr(settings, k) + PORT_SHIFT for k in
            ("kafka_port", "kafka_controller_port", "redis_port", "mlflow_port", "serving_port")}})
 
@@ -254,8 +256,8 @@ def run(settings: Settings, quick: bool, url: str | None = None, catalog: int = 
 
     from . import bench_world
 
-    bench = bench_settings(settings)
     params = bench_world.WorldParams.for_catalog(catalog)
+    bench = bench_settings(settings, params.key())
     supervisor = Supervisor(bench, stack_services(bench, with_pusher=False, only=SERVICES))
     supervisor.down(progress=lambda *_: None)  # whatever an interrupted earlier run left
     print(f"bench serve: a stack of its own under {bench.home} ...", flush=True)

@@ -328,6 +328,12 @@ def _write_online(settings: Settings, root: Path, progress: Progress) -> None:
     if np.allclose(np.asarray(online, dtype=float), sample["item_age_days"].to_numpy(), equal_nan=True):
         progress("  online store: this world's features are in Redis already")
         return
+    if any(v is not None for v in online):
+        # Another world's values, stamped with the same END: Feast would keep them (it skips writes
+        # not newer than the stored value), so remove the project's keys first, then re-register it.
+        store.teardown()
+        store = apply(settings)
+        progress("  online store: another world's features removed (Feast teardown)")
     for table in specs.TABLE_KEYS:
         frame, t = pd.read_parquet(root / "features" / f"{table}.parquet"), time.monotonic()
         if table == "user_recent":  # Parquet gives arrays back; Feast's list conversion wants lists

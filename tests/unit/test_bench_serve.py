@@ -126,9 +126,10 @@ def test_a_rate_far_past_saturation_stops_the_climb():
     assert bench_serve.overloaded(_rate(100, None, errors=1500))
 
 
-def test_the_bench_stack_lives_under_its_own_home_on_shifted_ports():
+def test_the_bench_stack_lives_under_its_own_home_on_shifted_ports_with_a_model_per_world():
     base = Settings(home=Path("/tmp/eightbox-x"))
-    bench = bench_serve.bench_settings(base)
+    bench = bench_serve.bench_settings(base, SMALL.key())
     assert bench.home == Path("/tmp/eightbox-x/bench/serve")
+    assert bench.serving_model_name == f"eightbox-bench-{SMALL.key()}" != base.serving_model_name
     for port in ("kafka_port", "kafka_controller_port", "redis_port", "mlflow_port", "serving_port"):
         assert getattr(bench, port) == getattr(base, port) + bench_serve.PORT_SHIFT
