@@ -111,9 +111,9 @@ class Resources:
             "stages": [], "model_versions": dict(models.versions) if models else {}, "experiment_arm": "control"}}
 
 
-def bootstrap(settings: Settings, *, models: Any = ...) -> tuple[Any, Resources]:
+def bootstrap(settings: Settings, *, models: Any = None) -> tuple[Any, Resources]:
     """The serving app and what it holds. `models`: a ModelSet to start with as the champion instead
-    of loading the registry's at start-up (tests; None: start with no models, as `...` does)."""
+    of loading the registry's at start-up (tests)."""
     import redis
 
     from eightbox.ingest.producer import EventProducer, kafka_producer
@@ -135,9 +135,8 @@ def bootstrap(settings: Settings, *, models: Any = ...) -> tuple[Any, Resources]
     def load(arm: str, version: str) -> ModelSet:
         return ModelSet.from_registry(settings, arm, model_name=name, version=version)
 
-    state = ServingState()
-    if models is not ... and models is not None:
-        state = ServingState(champion=models, versions={"champion": models.versions.get("model")})
+    state = ServingState() if models is None else ServingState(
+        champion=models, versions={"champion": models.versions.get("model")})
     funnel = build_funnel(settings, state.champion, funnel_config(settings))
     # max_block_ms: a send (or the readiness probe) waits at most this long for broker metadata,
     # rather than kafka-python's 60 s: /events answers 503 within its own ack timeout either way.
