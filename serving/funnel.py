@@ -174,7 +174,7 @@ class Funnel:
                              request_id: str | None = None) -> dict[str, Recommendation]:
         """One recommendation per arm for the same request, run concurrently, the user's history
         read once and shared (each recommendation reports that one history stage)."""
-        first = _Run(self.config)
+        request_id, first = request_id or uuid.uuid4().hex, _Run(self.config)
         recent = await self._history(first, str(user_id))
         recs = await asyncio.gather(*(
             self._recommend(_Run(self.config, arm, first.start, first.reports), models, user_id, k, context,
