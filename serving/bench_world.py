@@ -321,14 +321,18 @@ def _write_online(settings: Settings, root: Path, progress: Progress) -> None:
     from eightbox.features.store import apply
 
     store = apply(settings)
+    # Ages alone would not tell two worlds apart (a smaller world's draws are a prefix of a larger
+    # one's); impression counts come from the traffic, which differs.
+    columns = ["item_age_days", "item_impressions_7d"]
     item_daily = pd.read_parquet(root / "features" / "item_daily.parquet")
-    sample = item_daily.iloc[np.linspace(0, len(item_daily) - 1, 50).astype(int)]
-    online = OnlineReader(settings, ["item_daily:item_age_days"], store=store).read_rows(
-        {"item_id": sample["item_id"].tolist()})["item_age_days"]
-    if np.allclose(np.asarray(online, dtype=float), sample["item_age_days"].to_numpy(), equal_nan=True):
+    sample = item_daily.iloc[np.linspace(0, len(item_daily) - 1, 200).astype(int)]
+    online = OnlineReader(settings, [f"item_daily:{c}" for c in columns], store=store).read_rows(
+        {"item_id": sample["item_id"].tolist()})
+    read = np.array([online[c] for c in columns], dtype=float).T  # (200, 2); None → nan
+    if np.allclose(read, sample[columns].to_numpy(dtype=float), equal_nan=True):
         progress("  online store: this world's features are in Redis already")
         return
-    if any(v is not None for v in online):
+    if not np.isnan(read).all():
         # Another world's values, stamped with the same END: Feast would keep them (it skips writes
         # not newer than the stored value), so remove the project's keys first, then re-register it.
         store.teardown()
