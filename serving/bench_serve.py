@@ -20,7 +20,8 @@ offered rate: no coordinated omission. The generator shares the machine's cores 
 so its own lag is in the numbers too (``max_send_lag_ms`` per rate says how much).
 
 Errors: non-200 answers (429 shed, 5xx), transport errors and timeouts (2 s). A rate meets the
-budget when p99 ≤ 100 ms and no request failed; the JSON reports the highest such rate (else the
+budget when p99 ≤ 100 ms, no request failed and at least 99 % of the answers came from the full
+rung (`full_share`: a fast fallback answer skipped ranking); the JSON reports the highest such rate (else the
 lowest rate tried, with ``met_budget`` false), whether that p99 is within the 50 ms aim, per-stage
 p99 from the responses' ``explanation.stages[].latency_ms``, the rungs that answered and the stages
 that did not end "ok" (timeouts explain a "fallback" rung), and every rate's summary.
@@ -47,6 +48,7 @@ PORT_SHIFT = 500
 SERVICES = ("kafka", "redis", "mlflow", "serving")  # no Flink, no pusher: features come from the world
 BUDGET_MS = 100.0
 AIM_MS = 50.0
+MIN_FULL_SHARE = 0.99  # of the answers on the full rung, for a rate to meet the budget
 TIMEOUT_S = 2.0
 K = 10
 
@@ -73,8 +75,17 @@ def overloaded(r: dict) -> bool:
     return r["errors"] > r["requests"] / 2 or r["p99_ms"] is None or r["p99_ms"] > 10 * BUDGET_MS
 
 
+def full_share(r: dict) -> float:
+    """Share of the answers served on the full rung (the rest degraded: fallback, popularity, static)."""
+    answered = sum((r.get("rungs") or {}).values())
+    return round((r.get("rungs") or {}).get("full", 0) / answered, 3) if answered else 0.0
+
+
 def met_budget(r: dict) -> bool:
-    return r["errors"] == 0 and r["p99_ms"] is not None and r["p99_ms"] <= BUDGET_MS
+    """p99 within the budget, no failed request, and the whole funnel ran: a fast answer from a
+    lower rung (ranking skipped because Redis timed out) is degradation, not speed."""
+    return (r["errors"] == 0 and r["p99_ms"] is not None and r["p99_ms"] <= BUDGET_MS
+            and full_share(r) >= MIN_FULL_SHARE)
 
 
 def best_rate(results: list[dict]) -> dict:
@@ -90,7 +101,8 @@ def summarize(results: list[dict], **extra) -> dict:
     ratio = round(best["p99_ms"] / best["floor_p99_ms"], 2) if best["p99_ms"] and best["floor_p99_ms"] else None
     return {"rps": best["rps"], "p50_ms": best["p50_ms"], "p95_ms": best["p95_ms"], "p99_ms": best["p99_ms"],
             "errors": best["errors"], "floor_p99_ms": best["floor_p99_ms"], "ratio": ratio,
-            "stages": best["stages"], "rungs": best.get("rungs"), "stages_not_ok": best.get("not_ok"),
+            "stages": best["stages"], "rungs": best.get("rungs"), "full_share": full_share(best),
+            "stages_not_ok": best.get("not_ok"),
             "met_budget": met_budget(best), "budget_ms": BUDGET_MS,
             "met_aim": met_budget(best) and best["p99_ms"] <= AIM_MS, "aim_ms": AIM_MS, **extra,
             "rates": [{k: r.get(k) for k in ("rps", "p50_ms", "p99_ms", "errors", "floor_p99_ms",

@@ -97,9 +97,10 @@ def test_ranker_examples_carry_every_feature_and_validate_on_later_impressions(s
     assert train["item_age_days"].notna().all()  # every item has a daily row
 
 
-def _rate(rps: int, p99: float | None, errors: int = 0) -> dict:
-    return {"rps": rps, "requests": rps * 15, "p50_ms": p99, "p95_ms": p99, "p99_ms": p99, "errors": errors, "floor_p99_ms": 2.0,
-            "stages": {"rank": 1.0}, "max_send_lag_ms": 0.1, "load_1m": 1.0}
+def _rate(rps: int, p99: float | None, errors: int = 0, degraded: int = 0) -> dict:
+    return {"rps": rps, "requests": rps * 15, "p50_ms": p99, "p95_ms": p99, "p99_ms": p99, "errors": errors,
+            "floor_p99_ms": 2.0, "stages": {"rank": 1.0}, "max_send_lag_ms": 0.1, "load_1m": 1.0,
+            "rungs": {"full": rps * 15 - errors - degraded, "fallback": degraded}}
 
 
 def test_the_highest_rate_within_the_budget_is_reported():
@@ -112,6 +113,12 @@ def test_the_highest_rate_within_the_budget_is_reported():
 def test_a_rate_with_errors_does_not_meet_the_budget_however_fast():
     out = bench_serve.summarize([_rate(25, 20.0), _rate(50, 10.0, errors=1)])
     assert (out["rps"], out["met_budget"], out["met_aim"]) == (25, True, True)
+
+
+def test_a_fast_rate_answered_from_lower_rungs_does_not_meet_the_budget():
+    out = bench_serve.summarize([_rate(25, 20.0, degraded=3), _rate(50, 30.0, degraded=8)])
+    assert (out["rps"], out["full_share"], out["met_budget"]) == (25, 0.992, True)
+    assert bench_serve.summarize([_rate(25, 20.0, degraded=4)])["met_budget"] is False
 
 
 def test_when_no_rate_meets_the_budget_the_lowest_is_reported_as_missed():
