@@ -31,8 +31,7 @@ from eightbox.training.bundle import load_bundle, write_bundle
 from .ranker_capture import LOADER, RecordingRanker, read_captures
 from .test_api_events import read_until
 from .test_funnel_real import FEATURES, world  # noqa: F401  (world: features in Redis, a bundle on disk)
-from .test_serving_faults_http import champion_server
-from .test_serving_http import _recommend
+from .test_serving_http import _recommend, _register, running, server_settings
 
 SHARE = 0.5
 N_REQUESTS = 24
@@ -55,11 +54,12 @@ def _recording_bundle(bundle_dir: Path, into: Path, capture: Path) -> Path:
 def server(world, tmp_path_factory):  # noqa: F811
     settings, bundle_dir, users = world
     capture = tmp_path_factory.mktemp("capture") / "ranker-inputs.jsonl"
-    recording = _recording_bundle(bundle_dir, tmp_path_factory.mktemp("recording"), capture)
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    with champion_server(settings, recording, 28020, env={"PYTHONPATH": path},
-                         serving_impression_sample_share=SHARE) as (settings, client):
-        yield settings, client, capture, bundle_dir, users
+    settings = server_settings(settings, 28040, "logging-test", serving_impression_sample_share=SHARE)
+    _register(settings, _recording_bundle(bundle_dir, tmp_path_factory.mktemp("recording"), capture))
+    with pytest.MonkeyPatch.context() as env:  # the server process imports the recording ranker from tests/
+        env.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+        with running(settings) as client:
+            yield settings, client, capture, bundle_dir, users
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,6 @@ import math
 import shutil
 import statistics
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -34,15 +30,12 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from eightbox.deploy.serving_service import base_url, serving
-from eightbox.deploy.supervisor import Supervisor
+from eightbox.deploy.serving_service import base_url
 from eightbox.serving.bootstrap import funnel_config
 from eightbox.serving.breaker import BreakerPolicy
-from eightbox.settings import Settings
 
-from .conftest import _OFFSET
 from .test_funnel_real import world  # noqa: F401  (world: features in Redis, a bundle on disk)
-from .test_serving_http import ADMIN, _register
+from .test_serving_http import ADMIN, _register, running, server_settings
 
 MAX_IN_FLIGHT = 3
 POLICY = BreakerPolicy()  # the server's "redis" breaker
@@ -52,31 +45,12 @@ N = 12  # requests per fault
 PROBES = 30  # single requests sent while the in-flight limit is reached
 
 
-@contextmanager
-def champion_server(settings: Settings, bundle: Path, port: int, *, env: dict[str, str] | None = None,
-                    **overrides) -> Iterator[tuple[Settings, httpx.Client]]:
-    """The supervised serving process on `port` (+ the test offset) under a model name of its own,
-    whose champion is `bundle` (registered before start: the bootstrap loads it), with generous
-    budgets for a shared 2-core machine; `overrides` are more settings, `env` more variables."""
-    settings = settings.model_copy(update={
-        "serving_port": port + _OFFSET, "serving_model_name": f"champion-test-{uuid.uuid4().hex[:6]}",
-        "serving_reload_interval_s": 3600.0,  # only /admin/reload moves it here
-        "serving_budget_scale": 20.0, "serving_request_timeout_s": 10.0, "start_timeout_s": 180.0, **overrides})
-    _register(settings, bundle)
-    spec = serving(settings)
-    supervisor = Supervisor(settings, {"serving": replace(spec, env={**spec.env, **(env or {})})})
-    supervisor.up(progress=lambda *_: None)
-    try:
-        with httpx.Client(base_url=base_url(settings), timeout=60) as client:
-            yield settings, client
-    finally:
-        supervisor.down(progress=lambda *_: None)
-
-
 @pytest.fixture(scope="module")
 def server(world):  # noqa: F811
     settings, bundle_dir, users = world
-    with champion_server(settings, bundle_dir, 28010, serving_max_in_flight=MAX_IN_FLIGHT) as (settings, client):
+    settings = server_settings(settings, 28030, "faults-test", serving_max_in_flight=MAX_IN_FLIGHT)
+    _register(settings, bundle_dir)  # the champion exists before start: the bootstrap loads it
+    with running(settings) as client:
         yield settings, client, bundle_dir, users
 
 
