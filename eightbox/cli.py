@@ -334,12 +334,16 @@ def bench_ann(quick: bool = typer.Option(False, help="100k vectors only.")) -> N
 def bench_serve(quick: bool = typer.Option(False, help="5 s per rate instead of 15 s (same catalog)."),
                 catalog: int = typer.Option(100_000, min=1_000, help="Items in the bench's own world (built once, then cached)."),
                 url: Optional[str] = typer.Option(None, help="Measure this running API instead of a stack of "
-                                                             "the bench's own (e.g. the demo's http://127.0.0.1:18000).")) -> None:
+                                                             "the bench's own (e.g. the demo's http://127.0.0.1:18000)."),
+                profile: bool = typer.Option(False, help="No load: the funnel in-process under cProfile, on the "
+                                                         "bench world (CPU per request, stage times, top functions).")) -> None:
     """Open-loop load at 25–200 RPS on the serving API beside a floor server (same framework, precomputed list)."""
-    from eightbox.serving.bench_serve import run
+    from eightbox.serving import bench_serve
 
     with _one_line_errors():
-        typer.echo(json.dumps(run(_settings(), quick=quick, url=url, catalog=catalog)))
+        result = (bench_serve.profile(_settings(), catalog=catalog) if profile
+                  else bench_serve.run(_settings(), quick=quick, url=url, catalog=catalog))
+    typer.echo(json.dumps(result))
 
 
 @bench_app.command("train")

@@ -286,3 +286,78 @@ def run(settings: Settings, quick: bool, url: str | None = None, catalog: int = 
         supervisor.down(progress=lambda m: print(f"  {m}", flush=True))
     return summarize(results, catalog=params.n_items, world=params.key(), **extra,
                      seconds=round(time.monotonic() - started, 1))
+
+
+def profile(settings: Settings, catalog: int = 100_000, requests: int = 300) -> dict:
+    """Where a request's CPU goes: the funnel in this process on the bench world (Redis of the
+    bench's stack), `requests` users in sequence under cProfile, with every ``asyncio.to_thread``
+    run inline so the profiler sees the work, stage timeouts lifted so every stage runs to its end,
+    and one timed popularity-board refresh. The CPU and stage figures come from a pass without the
+    profiler; a second pass, profiled, prints the top functions."""
+    import cProfile
+    import io
+    import pstats
+    from dataclasses import replace
+
+    from eightbox.deploy.pusher_service import stack_services
+    from eightbox.deploy.supervisor import Supervisor
+    from eightbox.ingest.simulator import user_id
+
+    from . import bench_world
+    from .funnel import StageBudget, build_funnel
+    from .models import ModelSet
+
+    params = bench_world.WorldParams.for_catalog(catalog)
+    bench = bench_settings(settings, params.key())
+    supervisor = Supervisor(bench, stack_services(bench, with_pusher=False, only=("redis", "mlflow")))
+    supervisor.down(progress=lambda *_: None)
+    try:
+        supervisor.up(progress=lambda m: print(f"  {m}", flush=True))
+        root = bench_world.ensure(bench, params, progress=lambda m: print(m, flush=True))
+        models = ModelSet.from_dir(root / "bundle")
+        funnel = build_funnel(bench, models, redis_timeout_s=5.0)
+        funnel.config = replace(funnel.config, total_timeout_ms=60_000.0,
+                                stages={k: StageBudget(b.budget_ms, 60_000.0) for k, b in funnel.config.stages.items()})
+        cpu = time.process_time()
+        funnel.board.refresh()
+        board_cpu_ms = (time.process_time() - cpu) * 1e3
+        users = [user_id(u) for u in random.Random(0).choices(range(params.n_users), k=requests)]
+        threaded = asyncio.to_thread
+
+        async def inline(fn, /, *args, **kwargs):
+            return fn(*args, **kwargs)
+
+        async def serve(batch: list[str]) -> list[tuple]:
+            out = []
+            for u in batch:
+                cpu = time.process_time()
+                rec = await funnel.recommend(u, K)
+                out.append((rec, (time.process_time() - cpu) * 1e3))
+            return out
+
+        asyncio.to_thread = inline
+        try:
+            asyncio.run(serve(users[:20]))  # warm: readers, caches
+            done = asyncio.run(serve(users))  # measured without the profiler's overhead
+            prof = cProfile.Profile()
+            prof.enable()
+            asyncio.run(serve(users))
+            prof.disable()
+        finally:
+            asyncio.to_thread = threaded
+    finally:
+        supervisor.down(progress=lambda m: print(f"  {m}", flush=True))
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
+    print(text.getvalue(), flush=True)
+    stages: dict[str, list[float]] = defaultdict(list)
+    for rec, _ in done:
+        for st in rec.stages:
+            stages[st.name].append(st.latency_ms)
+    cpu_ms = [c for _, c in done]
+    return {"catalog": params.n_items, "requests": requests, "load_1m": round(os.getloadavg()[0], 2),
+            "rungs": dict(Counter(rec.rung for rec, _ in done)),
+            "cpu_ms_p50": round(float(np.percentile(cpu_ms, 50)), 2),
+            "cpu_ms_p99": round(float(np.percentile(cpu_ms, 99)), 2),
+            "stage_ms_p50": {k: round(float(np.percentile(v, 50)), 2) for k, v in stages.items()},
+            "board_refresh_cpu_ms": round(board_cpu_ms, 1)}
