@@ -5,7 +5,8 @@ reloaded over HTTP, then requests for distinct users.
 In file order: a 50/50 A/B with shadow scoring splits users by the assignment hash, logs every
 impression with its arm and versions, and publishes a `ShadowScored` for each champion-arm request
 (which the lake archiver lands); interleaving logs each item's team; a trusted request time stamps
-the impressions; and moving the tags back to zero sends everyone to the champion.
+the impressions; moving the tags back to zero sends everyone to the champion; and after a promotion
+the old champion serves the holdback share.
 """
 
 from __future__ import annotations
@@ -192,3 +193,22 @@ def test_moving_the_tags_back_to_zero_sends_everyone_to_the_champion(server, ab)
     answers = _recommend_all(settings, [f"back-{uuid.uuid4().hex[:8]}-{i}" for i in range(40)])
     assert {a["explanation"]["experiment_arm"] for a in answers} == {"champion"}
     assert {a["explanation"]["model_versions"]["model"] for a in answers} == {champion}
+
+
+def test_a_promotion_holds_the_old_champion_back_for_the_holdback_share(server, ab):
+    settings, client, champion, challenger = server
+    name = settings.serving_model_name
+    registry.promote(settings, challenger, model_name=name)  # the old champion takes alias holdback
+    exp = registry.set_serving_experiment(settings, name, challenger_share=0.0, holdback_share=0.5, salt="hb")
+    r = client.post("/admin/reload", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert (result["version"], result["holdback"], result["challenger"]) == (challenger, champion, None)
+    config = ExperimentConfig.from_tags(exp)
+    users = [f"hold-{uuid.uuid4().hex[:8]}-{i}" for i in range(60)]
+    answers = _recommend_all(settings, users)
+    versions = {"champion": challenger, "holdback": champion}
+    for user, a in zip(users, answers):
+        arm = a["explanation"]["experiment_arm"]
+        assert arm == config.assign(user).label and a["explanation"]["model_versions"]["model"] == versions[arm]
+    assert {a["explanation"]["experiment_arm"] for a in answers} == {"champion", "holdback"}
