@@ -53,20 +53,20 @@ TIMEOUT_S = 2.0
 K = 10
 
 
-def bench_settings(settings: Settings, world_key: str = "") -> Settings:
+def bench_settings(settings: Settings, world_key: str) -> Settings:
     """The bench's own stack: home ``<home>/bench/serve``, every port of it shifted by PORT_SHIFT, and
     a registered model per world (``eightbox-bench-<key>``), so that switching worlds never leaves
     one world's champion as the other's holdback."""
     return settings.model_copy(update={
         "home": settings.home / "bench" / "serve", "kafka_bootstrap": None, "redis_url": None,
-        "mlflow_tracking_uri": None, "serving_model_name": f"eightbox-bench-{world_key or 'world'}",
+        "mlflow_tracking_uri": None, "serving_model_name": f"eightbox-bench-{world_key}",
         **{k: getattr(settings, k) + PORT_SHIFT for k in
            ("kafka_port", "kafka_controller_port", "redis_port", "mlflow_port", "serving_port")}})
 
 
 def plan(quick: bool) -> tuple[list[int], float]:
-    """(rates in RPS, seconds per rate)."""
-    return ([25, 50, 100, 200], 5.0) if quick else ([25, 50, 100, 200], 15.0)
+    """(rates in RPS, seconds per rate): quick shortens each rate, never the climb."""
+    return [25, 50, 100, 200], 5.0 if quick else 15.0
 
 
 def overloaded(r: dict) -> bool:
