@@ -6,7 +6,9 @@ with everything that does not depend on the request precomputed: per feature vie
 fields (Feast's `_mmh3("<view>:<feature>")` and `_ts:<view>`), per entity Feast's own key
 (`serialize_entity_key` + project, via `feast.infra.online_stores.helpers._redis_key`). Views with the
 same join keys live in the same Redis hash, so each distinct entity costs one HMGET, and all of them
-go in one pipeline. Values are decoded exactly as Feast decodes them (`ValueProto` →
+run in one server-side script (`_MULTI_HMGET`, one EVALSHA): one command to pack and one reply to
+parse instead of a pipeline of hundreds (0.23 ms of client CPU for 420 item rows against 2.6 ms
+pipelined, on the bench world). Values are decoded exactly as Feast decodes them (`ValueProto` →
 `feast_value_type_to_python_type`), so the result equals `get_online_features(...).to_dict()`.
 Feast stays the owner of definitions, materialization and the key layout.
 """
@@ -28,6 +30,23 @@ from eightbox.settings import Settings
 __all__ = ["OnlineReader"]
 
 _CACHE_LIMIT = 200_000
+
+# KEYS: every entity key, group after group. ARGV: the number of groups, then per group its number of
+# keys, its number of fields and the fields. Returns one HMGET reply per key, in KEYS order (a
+# missing field is nil, as from HMGET). Read-only, so a replica may run it.
+_MULTI_HMGET = """
+local out, k, a = {}, 1, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n_keys, n_fields = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local fields = {unpack(ARGV, a + 2, a + 1 + n_fields)}
+  a = a + 2 + n_fields
+  for _ = 1, n_keys do
+    out[k] = redis.call('HMGET', KEYS[k], unpack(fields))
+    k = k + 1
+  end
+end
+return out
+"""
 
 
 @dataclass
@@ -53,6 +72,7 @@ class OnlineReader:
         self.project = config.project
         self.key_version = config.entity_key_serialization_version
         self.client = client or redis.Redis.from_url(settings.redis_address)
+        self._multi_hmget = self.client.register_script(_MULTI_HMGET)  # EVALSHA; loads it on NOSCRIPT
 
         if isinstance(features, str) and ":" not in features:
             features = self.store.get_feature_service(features)
@@ -124,15 +144,16 @@ class OnlineReader:
             raise KeyError(f"join keys {sorted(set(missing))} are needed for these features")
 
         plan = []  # per group: (group, row -> index into its unique entities, number of unique entities)
-        pipe = self.client.pipeline(transaction=False)
+        keys: list[bytes] = []
+        args: list[Any] = [len(self.groups)]
         for g in self.groups:
             entity_rows = list(zip(*(columns[k] for k in g.join_keys)))
             index: dict[tuple, int] = {}
             row_to_unique = [index.setdefault(e, len(index)) for e in entity_rows]
-            for entity in index:
-                pipe.execute_command("HMGET", self.redis_key(g.join_keys, entity), *g.fields)
+            keys += [self.redis_key(g.join_keys, entity) for entity in index]
+            args += [len(index), len(g.fields), *g.fields]
             plan.append((g, row_to_unique, len(index)))
-        replies = pipe.execute()
+        replies = self._multi_hmget(keys=keys, args=args) if keys else []
 
         out: dict[str, list] = {k: list(v) for k, v in columns.items()}
         offset = 0
