@@ -84,6 +84,11 @@ class _Traffic:
 
         self.settings, self.market, self.http = settings, market, http
         self.pop, self.oracle = popularity_policy(market), oracle_policy(market)
+        from eightbox.ingest.producer import EventProducer
+
+        # /events takes what clients report (clicks, engagements); signups and new items come from
+        # the account and catalog services, which publish through the ingest gateway themselves.
+        self.backend = EventProducer(settings, source="marketplace-backend")
         self.pending: list = []  # (event_time, n, event): actions whose simulated time has not come
         self.buffer: list = []
         self._n = itertools.count()
@@ -115,8 +120,8 @@ class _Traffic:
         k = self.market.config.slate_size
         for x in self.market.visits(hours):
             self._release(getattr(x, "at", None) or x.event_time)
-            if not isinstance(x, Visit):  # a signup or a new item: through the same front door
-                self.buffer.append(x)
+            if not isinstance(x, Visit):  # a signup or a new item: backend events, straight to the gateway
+                self.backend.publish(x)
                 continue
             t = time.perf_counter()
             r = self.http.post("/recommend", json={"user_id": x.user_id, "k": k,
@@ -142,12 +147,13 @@ class _Traffic:
             for e in self.market.respond(x, slate):
                 if e.event_type == "impression_served":
                     continue  # the server logged its own, with the features it scored
-                if e.event_type == "item_clicked":
-                    row.clicks += 1
-                    e = e.model_copy(update={"request_id": body["request_id"]})  # labels join on it
+                row.clicks += e.event_type == "item_clicked"
+                # The client quotes the server's request id on what follows a slate: labels join on it.
+                e = e.model_copy(update={"request_id": body["request_id"]})
                 heapq.heappush(self.pending, (e.event_time, next(self._n), e))
         self._release(self.market.now)
         self.flush()
+        self.backend.flush()
 
 
 def _archive(settings: Settings) -> int:
@@ -260,6 +266,7 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
                     row.notes.append(f"retrained v{result.version}: gate refused ({'; '.join(result.gate_reasons)[:200]})")
                 print(f"  {row.notes[-1]}")
             rows.append(row)
+        traffic.backend.close()
     summary = summarise(rows, profile, detected_at=detected_at, drift_at=drift_at, retrained_at=retrained_at,
                         promoted_at=promoted_at, latencies=latencies_all, wall_s=time.monotonic() - started,
                         report=str(reports / "loop.html"))

@@ -195,12 +195,15 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
     by_id = pd.Series(np.arange(len(scored)), index=scored["event_id"].astype(str))
     rows = by_id.reindex(labelled["example_id"]).to_numpy()
     calibration = pd.DataFrame()
+    # The ranker scores every candidate as if shown first (position fixed at 0 when serving), so its
+    # P(click) is calibrated against what happened at position 0; lower slots are seen less often.
+    top = (labelled["position"].to_numpy() == 0) if "position" in labelled else np.ones(len(labelled), bool)
     for name in ref.get("scores", {}):
         p = _take(scores[name], rows) if name in scores else np.full(len(labelled), np.nan)
-        checks.append(model_checks.ece_check(name, labelled["click"].to_numpy(), p, th["ece"]))
-        if name in scores and len(labelled):
+        checks.append(model_checks.ece_check(name, labelled["click"].to_numpy()[top], p[top], th["ece"]))
+        if name in scores and top.any():
             calibration = pd.concat([calibration, model_checks.calibration_curve(
-                labelled["click"].to_numpy(), p).assign(score=name)], ignore_index=True)
+                labelled["click"].to_numpy()[top], p[top]).assign(score=name)], ignore_index=True)
     checks += _system(settings, end, th, metrics_url, kafka_lag)
 
     score_bins = pd.concat([model_checks.score_bins(n, s, scores.get(n, np.array([])))

@@ -39,7 +39,9 @@ class LadderConfig:
     holdback_share: float = 0.05
     min_shadow_requests: int = 50
     min_arm_impressions: int = 500  # per arm before a CTR guardrail is judged (noise below that)
-    max_score_psi: float = 1.0  # challenger vs champion score distributions in shadow: only gross breakage
+    # Challenger vs champion score PSI in shadow. Off by default: two honest models trained on different
+    # windows (a drift in between) routinely differ by PSI > 1; degenerate scores and latency catch breakage.
+    max_score_psi: float = math.inf
     max_latency_ratio: float = 2.0  # challenger p99 / champion p99 (shadow and canary)
     max_ctr_drop: float = 0.10  # relative, arm vs arm on the same hours
     max_error_rate: float = 0.01

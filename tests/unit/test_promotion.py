@@ -7,7 +7,7 @@ from eightbox.training.promotion import (ArmStats, Evidence, LadderConfig, Ladde
 
 T0 = datetime(2024, 1, 5, tzinfo=timezone.utc)
 CFG = LadderConfig(shadow_hours=6, canary_hours=12, holdback_hours=24, min_shadow_requests=50,
-                   min_arm_impressions=500, max_ctr_drop=0.1)
+                   min_arm_impressions=500, max_ctr_drop=0.1, max_score_psi=1.0)
 HEALTHY_SHADOW = ShadowStats(requests=80, score_psi=0.2, challenger_p99_ms=12, champion_p99_ms=10, distinct_scores=500)
 
 
