@@ -15,7 +15,7 @@ Feast stays the owner of definitions, materialization and the key layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import redis
@@ -56,6 +56,10 @@ class _Group:
     join_keys: tuple[str, ...]  # Feast's order for the EntityKey proto
     fields: list[bytes]  # HMGET fields: each view's features, then its _ts field
     slices: list[tuple[str, list[str], int, int]]  # (view, features, first field, ts field index)
+    types: list[Any] = field(default_factory=list)  # per field: its Feast value type (None: a _ts field)
+    # An HMGET reply (its raw values, as a tuple) → its decoded values: item and creator rows repeat
+    # across requests byte for byte, so each is decoded once. Keyed by content, so never stale.
+    rows: dict[tuple, tuple] = field(default_factory=dict)
 
 
 class OnlineReader:
@@ -98,6 +102,7 @@ class OnlineReader:
             group.fields.append(f"_ts:{view.name}".encode())
             group.slices.append((view.name, names, first, len(group.fields) - 1))
             types = {f.name: f.dtype.to_value_type() for f in view.features}
+            group.types += [types[n] for n in names] + [None]
             for n in names:
                 self.feature_types[n] = types[n]
                 self.feature_names.append(n)
@@ -158,27 +163,40 @@ class OnlineReader:
         out: dict[str, list] = {k: list(v) for k, v in columns.items()}
         offset = 0
         for g, row_to_unique, n_unique in plan:
-            group_replies = replies[offset:offset + n_unique]
+            decoded = [self._decode_row(g, reply) for reply in replies[offset:offset + n_unique]]
             offset += n_unique
-            for _view, names, first, ts_index in g.slices:
+            by_field = list(zip(*decoded)) or [()] * len(g.fields)  # per field: one value per unique entity
+            unique = n_unique == len(row_to_unique)  # then row i is unique entity i
+            for _view, names, first, _ts in g.slices:
                 for j, name in enumerate(names):
-                    ftype = self.feature_types[name]
-                    cache, at = self._decoded[ftype], first + j
-                    decoded = [cache.get(raw, _MISS) if raw is not None else None
-                               for raw in (reply[at] for reply in group_replies)]
-                    for u, value in enumerate(decoded):
-                        if value is _MISS:
-                            decoded[u] = self._decode(group_replies[u][at], ftype)
-                    out[name] = [decoded[u] for u in row_to_unique]
+                    values = by_field[first + j]
+                    out[name] = list(values) if unique else [values[u] for u in row_to_unique]
         return out
+
+    def _decode_row(self, g: _Group, reply: list) -> tuple:
+        """One HMGET reply's values decoded (None where absent; _ts fields are not decoded), from the
+        group's row cache when the same bytes were decoded before."""
+        raw = tuple(reply)
+        row = g.rows.get(raw)
+        if row is None:
+            row = tuple(None if value is None or ftype is None else self._decode(value, ftype)
+                        for value, ftype in zip(raw, g.types))
+            if not any(isinstance(v, (list, set, dict)) for v in row):  # mutable rows: decoded afresh
+                if len(g.rows) >= _CACHE_LIMIT:
+                    g.rows.clear()
+                g.rows[raw] = row
+        return row
 
     def _decode(self, raw: bytes, ftype) -> Any:
         """Feast's decoding of one stored ValueProto; scalar results are remembered by their bytes."""
+        cache = self._decoded[ftype]
+        value = cache.get(raw, _MISS)
+        if value is not _MISS:
+            return value
         proto = Value()
         proto.ParseFromString(raw)
         value = feast_value_type_to_python_type(proto, ftype)
         if not isinstance(value, (list, set, dict)):  # mutable results are decoded afresh each time
-            cache = self._decoded[ftype]
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
             cache[raw] = value

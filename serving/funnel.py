@@ -316,16 +316,20 @@ class Funnel:
         return source.name, status, found
 
     def _merge(self, run: _Run, results) -> list[Candidate]:
-        """Union in source priority order; a duplicate adds its source to the first one's ``sources``."""
+        """Union in source priority order; a duplicate adds its source to the first one's ``sources``.
+        The first candidate of an item is kept and updated in place, not copied: sources return
+        candidates of their own for each request (the `Source` contract)."""
         started, merged, n_in = time.perf_counter(), {}, 0
         for name, _, found in results:
             for c in found:
                 n_in += 1
                 first = merged.get(c.item_id)
                 if first is None:
-                    merged[c.item_id] = replace(c, sources=list(dict.fromkeys([*c.sources, name])))
+                    merged[c.item_id] = c
+                    c.sources = list(dict.fromkeys([*c.sources, name]))
                 else:
-                    first.sources = list(dict.fromkeys([*first.sources, name]))
+                    if name not in first.sources:
+                        first.sources.append(name)
                     first.new_or_uncertain = first.new_or_uncertain or c.new_or_uncertain
         out = list(merged.values())
         run.report("merge", "+".join(r[0] for r in results), n_in, len(out), started, n_deduped=n_in - len(out))
@@ -372,8 +376,11 @@ class Funnel:
         if status != "ok":
             run.report("rank", "ranker", n, n, time.perf_counter(), "rank", status="skipped", detail="no features")
             return False
-        frame = pd.DataFrame({f: np.array([np.nan if v is None else v for v in rows.get(f, [None] * n)],
-                                          dtype=np.float64) for f in models.features}, index=range(n))
+        missing = [None] * n
+        # (n, features) float64 in the ranker's column order, None → NaN; built as one block, and
+        # exactly what predict() is given and what the impression log records.
+        matrix = np.array([rows.get(f, missing) for f in models.features], dtype=np.float64).reshape(-1, n).T
+        frame = pd.DataFrame(matrix, columns=list(models.features))
         impressions = rows.get("item_impressions_7d", [None] * n)
         for c, imp in zip(candidates, impressions):
             c.new_or_uncertain = c.new_or_uncertain or imp is None or imp < self.config.uncertain_impressions
@@ -390,13 +397,13 @@ class Funnel:
         if status != "ok":
             return False
         pred, scores = value
-        matrix = frame.to_numpy()  # (n, features) float64: exactly what predict() was given
+        vectors = matrix.tolist()
         heads = {col: pred[col].to_numpy(dtype=float) for col in ("p_click", "p_engaged", "value") if col in pred}
         for r, c in enumerate(candidates):
             c.score = float(scores[r])
             c.p_click, c.p_engaged, c.value = (float(heads[h][r]) if h in heads else None
                                                for h in ("p_click", "p_engaged", "value"))
-            c.features = dict(zip(models.features, matrix[r].tolist()))
+            c.features = dict(zip(models.features, vectors[r]))
         return True
 
     def _rerank(self, run: _Run, models: ModelSet, candidates: list[Candidate], k: int, request_id: str):

@@ -4,7 +4,7 @@ A source is any object with a ``name``, a ``breaker`` (the circuit-breaker name 
 None for in-memory work) and ``async def __call__(ctx: UserContext) -> list[Candidate]``. The funnel
 runs them concurrently, each under its timeout; a source returns its candidates best first, with
 ``item_id``, ``source`` and ``retrieval_score`` set (the funnel adds creator, category and vectors
-after the union, once). A source that cannot run for this request (its component is missing from
+after the union, once), as new `Candidate` objects for each call: the funnel updates them in place. A source that cannot run for this request (its component is missing from
 the bundle, no data yet) raises `Skipped`; any other exception is a failure the breaker counts.
 
 Nothing here blocks the event loop for long: FAISS search and the user tower go through
