@@ -121,8 +121,9 @@ def bootstrap(settings: Settings, *, models: Any = None) -> tuple[Any, Resources
 
     from .app import ServingDeps, create_app
     from .arms import ArmRouter, ServingState
-    from .funnel import build_funnel
+    from .funnel import MODEL_BREAKERS, build_funnel
     from .impression_log import ImpressionLogger
+    from .metrics import breaker_gauges
     from .models import ModelSet
     from .reloader import Reloader
     from .shadow import ShadowScorer
@@ -165,11 +166,14 @@ def bootstrap(settings: Settings, *, models: Any = None) -> tuple[Any, Resources
         restored = await asyncio.to_thread(_registry_call, registry.rollback, settings, model_name=name)
         return {**await reloader.check(), "restored": restored}
 
+    for dependency in ("redis", *MODEL_BREAKERS):  # the champion's breakers, on /metrics from the start
+        funnel.breakers[dependency]
     deps = ServingDeps(settings=settings, recommend=router.recommend, publish=producer.publish,
                        log_impressions=logger, readiness=res.readiness, reload=reload, promote=promote,
                        rollback=rollback, static=res.static, close=res.close,
                        stats={"impressions": logger.stats, "reloader": reloader.stats, "shadow": shadow.stats,
-                              "experiment": router.stats})
+                              "experiment": router.stats,
+                              "breaker": lambda: breaker_gauges(funnel.breakers.states())})
     app = create_app(deps)
     inner = app.router.lifespan_context
 

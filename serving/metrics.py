@@ -9,6 +9,7 @@ chose), `stage` and `rung` come from the funnel's fixed vocabulary.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -18,6 +19,16 @@ from prometheus_client.registry import Collector
 # Seconds. The funnel's budget is 0.1 s, so the interesting resolution is below it.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+"""A breaker's state as a gauge value: above 0, calls to that dependency are being short-circuited."""
+
+
+def breaker_gauges(states: Mapping[str, str]) -> dict[str, float]:
+    """`Breakers.states()` (name → state) → one number per breaker, for `ServingMetrics.add_stats`
+    (names such as ``ranker@challenger`` become valid metric names: ``ranker_challenger``)."""
+    return {re.sub(r"[^a-zA-Z0-9_]", "_", name): BREAKER_STATES.get(state, -1.0) for name, state in states.items()}
 
 
 class _StatsCollector(Collector):

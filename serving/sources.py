@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 
 from eightbox.serving.background import BackgroundLoop
 from eightbox.serving.candidates import Candidate
@@ -130,10 +129,30 @@ class TrendingSource:
 
 @dataclass(frozen=True)
 class Snapshot:
-    trending: tuple[tuple[str, float], ...]  # (item, clicks_15m + tie-break), items with any signal, best first
+    trending: tuple[tuple[str, float], ...]  # (item, clicks_15m + tie-break), the `keep` best with any signal
     popular: tuple[str, ...]  # every read item by item_popularity_7d (then training popularity), best first
     taken_at: float  # time.monotonic() when read
     n_items: int
+
+
+@dataclass(frozen=True)
+class _CatalogArrays:
+    """What a refresh needs of one catalog, computed once per catalog (it changes only with the models)."""
+
+    catalog: Any
+    ids: list[str]
+    names: np.ndarray  # (items,) the ids
+    name_rank: np.ndarray  # (items,) each id's place in sorted order: ties by id without sorting strings
+    trained: np.ndarray  # (items,) training-window popularity
+
+    @classmethod
+    def of(cls, catalog) -> _CatalogArrays:
+        ids = list(catalog.ids)
+        names = np.asarray(ids)
+        name_rank = np.empty(len(ids), dtype=np.int64)
+        name_rank[np.argsort(names, kind="stable")] = np.arange(len(ids))
+        trained = np.fromiter((catalog.popularity(i) for i in ids), dtype=np.float64, count=len(ids))
+        return cls(catalog, ids, names, name_rank, trained)
 
 
 class PopularityBoard(BackgroundLoop):
@@ -142,44 +161,51 @@ class PopularityBoard(BackgroundLoop):
     ``reader.read_rows({"item_id": [...]})`` must return the three `FEATURES` (``OnlineReader`` with
     these references does). `refresh` replaces ``snapshot`` by reference; a failed refresh keeps the
     previous snapshot and records ``last_error``. ``popular(models)`` is the popularity rung's list.
+    Reads go in chunks of `chunk` items: each is one server-side script, and a small one keeps the
+    request path's reads from waiting behind it in Redis. Trending keeps the `keep` best items (the
+    source asks for far fewer); per catalog, the ids' order and training popularity are computed once.
     """
     task_name = "popularity-board"
 
     FEATURES = ("item_session:item_clicks_15m", "item_daily:item_trending", "item_daily:item_popularity_7d")
 
     def __init__(self, reader, models: Callable[[], ModelSet | None], interval_s: float = 5.0,
-                 chunk: int = 20_000):
-        self.reader, self.models, self.interval_s, self.chunk = reader, models, interval_s, chunk
+                 chunk: int = 2_000, keep: int = 1_000):
+        self.reader, self.models, self.interval_s, self.chunk, self.keep = reader, models, interval_s, chunk, keep
         self.snapshot: Snapshot | None = None
         self.last_error: str | None = None
+        self._arrays: _CatalogArrays | None = None
 
     def refresh(self) -> Snapshot | None:
         """Read every catalog item's counters now (blocking: call it from a thread)."""
         models = self.models()
         if models is None or models.catalog is None:
             return self.snapshot
-        catalog, ids = models.catalog, list(models.catalog.ids)
+        if self._arrays is None or self._arrays.catalog is not models.catalog:
+            self._arrays = _CatalogArrays.of(models.catalog)
+        a = self._arrays
         clicks: list = []
         trend: list = []
         pop: list = []
-        for start in range(0, len(ids), self.chunk):
-            rows = self.reader.read_rows({"item_id": ids[start:start + self.chunk]})
+        for start in range(0, len(a.ids), self.chunk):
+            rows = self.reader.read_rows({"item_id": a.ids[start:start + self.chunk]})
             clicks += rows["item_clicks_15m"]
             trend += rows["item_trending"]
             pop += rows["item_popularity_7d"]
 
         def values(column: list) -> np.ndarray:  # None (no value in Redis) → 0
-            return np.nan_to_num(pd.Series(column, dtype="float64").to_numpy())
+            return np.nan_to_num(np.array(column, dtype=np.float64))
 
-        names = np.asarray(ids)
         # Clicks dominate; the daily trend (a ratio) only breaks ties between equal counts: atan < π/2.
         score = values(clicks) + 1e-3 * np.arctan(values(trend))
         live = np.flatnonzero(score > 0)
-        order = live[np.lexsort((names[live], -score[live]))]
-        trending = tuple(zip(names[order].tolist(), score[order].tolist()))
-        trained = np.fromiter((catalog.popularity(i) for i in ids), dtype=np.float64, count=len(ids))
-        popular = tuple(names[np.lexsort((names, -trained, -values(pop)))].tolist())
-        self.snapshot = Snapshot(trending, popular, time.monotonic(), len(ids))
+        if 0 < self.keep < len(live):  # the `keep` best, and every item tied with the last of them
+            kth = np.partition(score[live], len(live) - self.keep)[len(live) - self.keep]
+            live = live[score[live] >= kth]
+        order = live[np.lexsort((a.name_rank[live], -score[live]))][: self.keep]
+        trending = tuple(zip(a.names[order].tolist(), score[order].tolist()))
+        popular = tuple(a.names[np.lexsort((a.name_rank, -a.trained, -values(pop)))].tolist())
+        self.snapshot = Snapshot(trending, popular, time.monotonic(), len(a.ids))
         self.last_error = None
         return self.snapshot
 

@@ -186,6 +186,8 @@ def test_with_redis_stopped_answers_fall_back_the_breaker_opens_and_recovers_aft
             assert _stages(answer)["history"]["status"] == "breaker_open", _why(answer)
     metrics = _metrics(client)
     assert metrics[("eightbox_funnel_stage_total", (("stage", "history"), ("status", "breaker_open")))] >= 1
+    # The breaker's gauge: 2 open, 1 half-open (its interval may have passed by now), 0 closed.
+    assert metrics[("eightbox_breaker_redis", ())] >= 1 and metrics[("eightbox_breaker_ranker", ())] == 0
 
     # Redis is back: after the open interval a trial call closes the breaker and the funnel is full again.
     after, deadline = [], time.monotonic() + 60
@@ -200,6 +202,7 @@ def test_with_redis_stopped_answers_fall_back_the_breaker_opens_and_recovers_aft
         if received < tripped_after + POLICY.open_seconds:
             assert _stages(answer)["history"]["status"] == "breaker_open", _why(answer)
     assert all(_ask(client, u)[1]["rung"] == "full" for u in users[1:4])
+    assert _metrics(client)[("eightbox_breaker_redis", ())] == 0
     _no_5xx(client)
 
 
