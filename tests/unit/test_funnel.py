@@ -271,6 +271,22 @@ def test_trending_is_by_recent_clicks_and_a_failed_background_refresh_keeps_the_
     assert ids(rec) == ["i07"] and rec.stage("source:trending").n_out == 2
 
 
+def test_trending_keeps_only_the_best_few_ties_by_item_id_and_follows_a_new_catalog():
+    class Reader:
+        def read_rows(self, rows):  # clicks: i20 5, i10-i12 3 each; a daily trend for every item
+            clicks = {"i20": 5, "i12": 3, "i11": 3, "i10": 3}
+            return {"item_clicks_15m": [clicks.get(i) for i in rows["item_id"]],
+                    "item_trending": [1.0] * len(rows["item_id"]), "item_popularity_7d": [None] * len(rows["item_id"])}
+
+    m = models()
+    board = PopularityBoard(Reader(), lambda: m, chunk=7, keep=3)
+    assert [i for i, _ in board.refresh().trending] == ["i20", "i10", "i11"]  # of 60 live items, the best 3
+    m = models(catalog=catalog(ITEMS[11:30]))  # a reload: the board reads the new catalog's items
+    snapshot = board.refresh()
+    assert [i for i, _ in snapshot.trending] == ["i20", "i11", "i12"] and snapshot.n_items == 19  # i10 is gone
+    assert snapshot.popular[:2] == ("i11", "i12")  # no 7-day counts: the new catalog's training popularity
+
+
 def test_static_list_when_nothing_else_answers_or_the_funnel_itself_breaks():
     no_catalog = models(catalog=None)
     rec = recommend(funnel(no_catalog, srcs=[], config=FunnelConfig(static_items=("s1", "s2", "s1"))))
