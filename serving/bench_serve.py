@@ -293,7 +293,8 @@ def profile(settings: Settings, catalog: int = 100_000, requests: int = 300) -> 
     bench's stack), `requests` users in sequence under cProfile, with every ``asyncio.to_thread``
     run inline so the profiler sees the work, stage timeouts lifted so every stage runs to its end,
     and one timed popularity-board refresh. The CPU and stage figures come from a pass without the
-    profiler; a second pass, profiled, prints the top functions."""
+    profiler; a second pass, profiled, prints the top functions. Last, `_board_ab`: the tail at
+    25 requests per second with the board's refresh idle, then running."""
     import cProfile
     import io
     import pstats
@@ -345,6 +346,8 @@ def profile(settings: Settings, catalog: int = 100_000, requests: int = 300) -> 
             prof.disable()
         finally:
             asyncio.to_thread = threaded
+        board = {state: asyncio.run(_board_ab(bench, models, users[:250], refreshing=state == "refreshing"))
+                 for state in ("idle", "refreshing")}
     finally:
         supervisor.down(progress=lambda m: print(f"  {m}", flush=True))
     text = io.StringIO()
@@ -360,4 +363,34 @@ def profile(settings: Settings, catalog: int = 100_000, requests: int = 300) -> 
             "cpu_ms_p50": round(float(np.percentile(cpu_ms, 50)), 2),
             "cpu_ms_p99": round(float(np.percentile(cpu_ms, 99)), 2),
             "stage_ms_p50": {k: round(float(np.percentile(v, 50)), 2) for k, v in stages.items()},
-            "board_refresh_cpu_ms": round(board_cpu_ms, 1)}
+            "board_refresh_cpu_ms": round(board_cpu_ms, 1), "board_ab": board}
+
+
+async def _board_ab(settings: Settings, models, users: list[str], refreshing: bool, rate: float = 25.0) -> dict:
+    """The funnel as served (production timeouts, worker threads) at `rate` requests per second,
+    open loop, with the popularity board's 5-second refresh running or not: what the refresh
+    costs the other requests."""
+    from .funnel import build_funnel
+
+    funnel = build_funnel(settings, models)
+    funnel.board.refresh()
+    if refreshing:
+        funnel.board.start()
+    latencies: list[float] = []
+    rungs: Counter = Counter()
+
+    async def one(u: str) -> None:
+        started = time.perf_counter()
+        rec = await funnel.recommend(u, K)
+        latencies.append((time.perf_counter() - started) * 1e3)
+        rungs[rec.rung] += 1
+
+    t0, tasks = time.perf_counter(), []
+    for i, u in enumerate(users):
+        await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(u)))
+    await asyncio.gather(*tasks)
+    if refreshing:
+        await funnel.board.stop()
+    p50, p95, p99 = (round(float(v), 1) for v in np.percentile(latencies, [50, 95, 99]))
+    return {"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "rungs": dict(rungs)}
