@@ -15,8 +15,9 @@ Feast stays the owner of definitions, materialization and the key layout.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import redis
 from feast import FeatureService
@@ -60,13 +61,19 @@ class _Group:
     # An HMGET reply (its raw values, as a tuple) → its decoded values: item and creator rows repeat
     # across requests byte for byte, so each is decoded once. Keyed by content, so never stale.
     rows: dict[tuple, tuple] = field(default_factory=dict)
+    ttl_s: float = 0.0  # > 0: decoded rows are kept per entity this long (`OnlineReader` cache_s)
+    held: dict[tuple, tuple[float, tuple]] = field(default_factory=dict)  # entity → (read at, decoded row)
 
 
 class OnlineReader:
     """Reads one feature service (or a list of 'view:feature' references) for many entity rows."""
 
     def __init__(self, settings: Settings, features: str | Sequence[str] = "ranker_v1", *, store=None,
-                 client=None):
+                 client=None, cache_s: Mapping[str, float] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        """`cache_s`: join key → seconds. The rows of entities with that single join key (e.g.
+        ``{"item_id": 1.0}``: the item views) are kept in process for that long after they were read
+        and served from there, so a value can be that much older than Redis's. Default: none kept."""
         from eightbox.features.store import get_store
 
         self.store = store or get_store(settings)
@@ -107,6 +114,9 @@ class OnlineReader:
                 self.feature_types[n] = types[n]
                 self.feature_names.append(n)
         self.groups = list(groups.values())
+        for g in self.groups:
+            g.ttl_s = float((cache_s or {}).get(g.join_keys[0], 0.0)) if len(g.join_keys) == 1 else 0.0
+        self.clock = clock
         self.join_keys = sorted({k for g in self.groups for k in g.join_keys})
         self._keys: dict[tuple, bytes] = {}
         self._decoded: dict[Any, dict[bytes, Any]] = {t: {} for t in set(self.feature_types.values())}
@@ -148,25 +158,44 @@ class OnlineReader:
         if missing:
             raise KeyError(f"join keys {sorted(set(missing))} are needed for these features")
 
-        plan = []  # per group: (group, row -> index into its unique entities, number of unique entities)
+        # Per group: its unique entities in first-seen order, each row's index into them, the rows
+        # still held (entity index → decoded row), and the entities to read.
+        plan = []
         keys: list[bytes] = []
         args: list[Any] = [len(self.groups)]
+        now = self.clock()
         for g in self.groups:
             entity_rows = list(zip(*(columns[k] for k in g.join_keys)))
             index: dict[tuple, int] = {}
             row_to_unique = [index.setdefault(e, len(index)) for e in entity_rows]
-            keys += [self.redis_key(g.join_keys, entity) for entity in index]
-            args += [len(index), len(g.fields), *g.fields]
-            plan.append((g, row_to_unique, len(index)))
+            held: dict[int, tuple] = {}
+            if g.ttl_s > 0:
+                for e, u in index.items():
+                    kept = g.held.get(e)
+                    if kept is not None and now - kept[0] < g.ttl_s:
+                        held[u] = kept[1]
+            to_read = [e for e, u in index.items() if u not in held]
+            keys += [self.redis_key(g.join_keys, entity) for entity in to_read]
+            args += [len(to_read), len(g.fields), *g.fields]
+            plan.append((g, row_to_unique, held, to_read))
         replies = self._multi_hmget(keys=keys, args=args) if keys else []
 
         out: dict[str, list] = {k: list(v) for k, v in columns.items()}
         offset = 0
-        for g, row_to_unique, n_unique in plan:
-            decoded = [self._decode_row(g, reply) for reply in replies[offset:offset + n_unique]]
-            offset += n_unique
+        for g, row_to_unique, held, to_read in plan:
+            read = [self._decode_row(g, reply) for reply in replies[offset:offset + len(to_read)]]
+            offset += len(to_read)
+            if g.ttl_s > 0:
+                if len(g.held) + len(read) > _CACHE_LIMIT:
+                    g.held.clear()
+                g.held.update((e, (now, row)) for e, row in zip(to_read, read) if not _mutable(row))
+            if held:  # merge back into first-seen order
+                fresh = iter(read)
+                decoded = [held[u] if u in held else next(fresh) for u in range(len(held) + len(read))]
+            else:
+                decoded = read
             by_field = list(zip(*decoded)) or [()] * len(g.fields)  # per field: one value per unique entity
-            unique = n_unique == len(row_to_unique)  # then row i is unique entity i
+            unique = len(decoded) == len(row_to_unique)  # then row i is unique entity i
             for _view, names, first, _ts in g.slices:
                 for j, name in enumerate(names):
                     values = by_field[first + j]
@@ -181,7 +210,7 @@ class OnlineReader:
         if row is None:
             row = tuple(None if value is None or ftype is None else self._decode(value, ftype)
                         for value, ftype in zip(raw, g.types))
-            if not any(isinstance(v, (list, set, dict)) for v in row):  # mutable rows: decoded afresh
+            if not _mutable(row):  # mutable rows: decoded afresh
                 if len(g.rows) >= _CACHE_LIMIT:
                     g.rows.clear()
                 g.rows[raw] = row
@@ -204,3 +233,8 @@ class OnlineReader:
 
 
 _MISS = object()
+
+
+def _mutable(row: tuple) -> bool:
+    """A row with a list (or set, dict) value: handed out once, never shared between reads."""
+    return any(isinstance(v, (list, set, dict)) for v in row)

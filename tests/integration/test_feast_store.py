@@ -191,6 +191,37 @@ def test_online_reader_equals_feast_online_and_offline(settings):
     assert all(v is None for v in fast["last_engaged_items"])  # the unknown user: nothing, like Feast
 
 
+def test_a_reader_serves_item_rows_from_its_cache_for_the_interval_and_user_rows_always_from_redis(settings):
+    views = ["item_session", "user_category_session"]
+
+    def write(day: int, clicks: int) -> datetime:  # one user, item, category; on day `day`: `clicks` each
+        t = T0 + timedelta(days=day)
+        write_table(settings, views[0], [{"item_id": "i1", specs.TIMESTAMP: t, "item_clicks_15m": clicks}],
+                    part=f"d{day}")
+        write_table(settings, views[1], [{"user_id": "u1", "category": "cat1", specs.TIMESTAMP: t,
+                                          "uc_clicks_30m": clicks}], part=f"d{day}")
+        return t
+
+    t = write(0, 3)
+    feature_store.apply(settings)
+    feature_store.materialize(settings, T0 - timedelta(days=1), t, views=views)
+    now = [100.0]
+    refs = ["item_session:item_clicks_15m", "user_category_session:uc_clicks_30m"]
+    reader = OnlineReader(settings, refs, cache_s={"item_id": 1.0}, clock=lambda: now[0])
+
+    def clicks() -> tuple:
+        row = reader.read("u1", ["i1", "i1", "i2"], categories=["cat1"] * 3)
+        return row["item_clicks_15m"], row["uc_clicks_30m"][0]
+
+    assert clicks() == ([3, 3, None], 3)
+    feature_store.materialize(settings, T0 - timedelta(days=1), write(1, 8), views=views)
+    now[0] += 0.9
+    assert clicks() == ([3, 3, None], 8)  # the item row read 0.9 s ago; the user's always from Redis
+    now[0] += 0.1
+    assert clicks() == ([8, 8, None], 8)  # one second old: read again
+    assert OnlineReader(settings, refs).read("u1", ["i1"], categories=["cat1"])["item_clicks_15m"] == [8]
+
+
 # --- (c) apply -------------------------------------------------------------------------------------
 
 def test_apply_is_idempotent_and_the_yaml_stays_inside_home(settings):
