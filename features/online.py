@@ -24,7 +24,7 @@ from feast import FeatureService
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
-from feast.type_map import feast_value_type_to_python_type
+from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
 from eightbox.settings import Settings
 
@@ -65,6 +65,21 @@ class _Group:
     held: dict[tuple, tuple[float, tuple]] = field(default_factory=dict)  # entity → (read at, decoded row)
 
 
+# KEYS: entity keys. ARGV: one field, and the stored bytes of a zero. Returns (KEYS index - 1, value)
+# pairs, flattened, for the keys whose field is stored and not zero: a sparse column in one command.
+_NONZERO = """
+local out, field, zero = {}, ARGV[1], ARGV[2]
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HGET', key, field)
+  if v and v ~= zero then
+    out[#out + 1] = i - 1
+    out[#out + 1] = v
+  end
+end
+return out
+"""
+
+
 class OnlineReader:
     """Reads one feature service (or a list of 'view:feature' references) for many entity rows."""
 
@@ -84,6 +99,7 @@ class OnlineReader:
         self.key_version = config.entity_key_serialization_version
         self.client = client or redis.Redis.from_url(settings.redis_address)
         self._multi_hmget = self.client.register_script(_MULTI_HMGET)  # EVALSHA; loads it on NOSCRIPT
+        self._nonzero = self.client.register_script(_NONZERO)
 
         if isinstance(features, str) and ":" not in features:
             features = self.store.get_feature_service(features)
@@ -201,6 +217,23 @@ class OnlineReader:
                     values = by_field[first + j]
                     out[name] = list(values) if unique else [values[u] for u in row_to_unique]
         return out
+
+    def read_nonzero(self, join_key: str, values: Sequence[str], feature: str) -> dict[int, Any]:
+        """{index in `values`: value} for the entities whose `feature` (of a view keyed by
+        `join_key` alone) is stored and not zero; Redis skips the rest, so a column that is mostly
+        absent or zero costs the client only its non-zero values."""
+        g = next((g for g in self.groups if g.join_keys == (join_key,)), None)
+        at = next((first + names.index(feature) for _v, names, first, _ts in g.slices if feature in names),
+                  None) if g is not None else None
+        if at is None:
+            raise KeyError(f"{feature!r} is not a feature of this reader keyed by {join_key!r} alone")
+        if not values:
+            return {}
+        ftype = g.types[at]
+        zero = python_values_to_proto_values([0], ftype)[0].SerializeToString()
+        keys = [self.redis_key(g.join_keys, (v,)) for v in values]
+        flat = self._nonzero(keys=keys, args=[g.fields[at], zero])
+        return {int(i): self._decode(raw, ftype) for i, raw in zip(flat[::2], flat[1::2])}
 
     def _decode_row(self, g: _Group, reply: list) -> tuple:
         """One HMGET reply's values decoded (None where absent; _ts fields are not decoded), from the

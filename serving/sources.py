@@ -158,56 +158,75 @@ class _CatalogArrays:
 class PopularityBoard(BackgroundLoop):
     """Item rankings read from the online store for the whole catalog, in the background.
 
-    ``reader.read_rows({"item_id": [...]})`` must return the three `FEATURES` (``OnlineReader`` with
-    these references does). `refresh` replaces ``snapshot`` by reference; a failed refresh keeps the
-    previous snapshot and records ``last_error``. ``popular(models)`` is the popularity rung's list.
-    Reads go in chunks of `chunk` items: each is one server-side script, and a small one keeps the
-    request path's reads from waiting behind it in Redis. Trending keeps the `keep` best items (the
-    source asks for far fewer); per catalog, the ids' order and training popularity are computed once.
+    `reader` (``OnlineReader`` with the three `FEATURES`) gives ``read_rows({"item_id": [...]})`` and
+    ``read_nonzero("item_id", ids, "item_clicks_15m")``. `refresh` replaces ``snapshot`` by
+    reference; a failed refresh keeps the previous snapshot and records ``last_error``.
+    ``popular(models)`` is the popularity rung's list.
+
+    The 15-minute clicks are read every refresh, sparsely: Redis returns only the items with clicks.
+    The daily counters (trend, 7-day popularity: they change once a day, at materialization) are
+    read for every item every `daily_s` and on a new catalog, so the board's view of them is at most
+    that much older than Redis's. Reads go in chunks of `chunk` items, each one server-side script:
+    a small one keeps the request path's reads from waiting behind it in Redis. Trending keeps the
+    `keep` best items (the source asks for far fewer).
     """
     task_name = "popularity-board"
 
     FEATURES = ("item_session:item_clicks_15m", "item_daily:item_trending", "item_daily:item_popularity_7d")
 
     def __init__(self, reader, models: Callable[[], ModelSet | None], interval_s: float = 5.0,
-                 chunk: int = 2_000, keep: int = 1_000):
+                 chunk: int = 2_000, keep: int = 1_000, daily_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.reader, self.models, self.interval_s, self.chunk, self.keep = reader, models, interval_s, chunk, keep
+        self.daily_s, self.clock = daily_s, clock
         self.snapshot: Snapshot | None = None
         self.last_error: str | None = None
         self._arrays: _CatalogArrays | None = None
+        self._daily: tuple[float, np.ndarray, tuple[str, ...]] | None = None  # (read at, trend, popular)
 
     def refresh(self) -> Snapshot | None:
-        """Read every catalog item's counters now (blocking: call it from a thread)."""
+        """Read the counters now (blocking: call it from a thread)."""
         models = self.models()
         if models is None or models.catalog is None:
             return self.snapshot
+        now = self.clock()
         if self._arrays is None or self._arrays.catalog is not models.catalog:
-            self._arrays = _CatalogArrays.of(models.catalog)
+            self._arrays, self._daily = _CatalogArrays.of(models.catalog), None
         a = self._arrays
-        clicks: list = []
-        trend: list = []
-        pop: list = []
+        if self._daily is None or now - self._daily[0] >= self.daily_s:
+            self._daily = self._read_daily(a, now)
+        _, trend, popular = self._daily
+        clicks = np.zeros(len(a.ids))
         for start in range(0, len(a.ids), self.chunk):
-            rows = self.reader.read_rows({"item_id": a.ids[start:start + self.chunk]})
-            clicks += rows["item_clicks_15m"]
-            trend += rows["item_trending"]
-            pop += rows["item_popularity_7d"]
-
-        def values(column: list) -> np.ndarray:  # None (no value in Redis) → 0
-            return np.nan_to_num(np.array(column, dtype=np.float64))
-
+            for i, value in self.reader.read_nonzero("item_id", a.ids[start:start + self.chunk],
+                                                     "item_clicks_15m").items():
+                clicks[start + i] = value
         # Clicks dominate; the daily trend (a ratio) only breaks ties between equal counts: atan < π/2.
-        score = values(clicks) + 1e-3 * np.arctan(values(trend))
+        score = clicks + 1e-3 * np.arctan(trend)
         live = np.flatnonzero(score > 0)
         if 0 < self.keep < len(live):  # the `keep` best, and every item tied with the last of them
             kth = np.partition(score[live], len(live) - self.keep)[len(live) - self.keep]
             live = live[score[live] >= kth]
         order = live[np.lexsort((a.name_rank[live], -score[live]))][: self.keep]
         trending = tuple(zip(a.names[order].tolist(), score[order].tolist()))
-        popular = tuple(a.names[np.lexsort((a.name_rank, -a.trained, -values(pop)))].tolist())
         self.snapshot = Snapshot(trending, popular, time.monotonic(), len(a.ids))
         self.last_error = None
         return self.snapshot
+
+    def _read_daily(self, a: _CatalogArrays, now: float) -> tuple[float, np.ndarray, tuple[str, ...]]:
+        """Every item's daily trend, and the popularity order (7-day counts, then training popularity)."""
+        trend: list = []
+        pop: list = []
+        for start in range(0, len(a.ids), self.chunk):
+            rows = self.reader.read_rows({"item_id": a.ids[start:start + self.chunk]})
+            trend += rows["item_trending"]
+            pop += rows["item_popularity_7d"]
+
+        def values(column: list) -> np.ndarray:  # None (no value in Redis) → 0
+            return np.nan_to_num(np.array(column, dtype=np.float64))
+
+        popular = tuple(a.names[np.lexsort((a.name_rank, -a.trained, -values(pop)))].tolist())
+        return now, values(trend), popular
 
     def popular(self, models: ModelSet | None) -> tuple[str, ...]:
         """The latest snapshot's popularity order, else the catalog's training-time order, else ()."""

@@ -226,8 +226,18 @@ def test_with_no_candidates_the_popularity_list_answers(failure):
     assert rec.latency_ms < 150
 
 
+class BoardReader:
+    """The board's sparse read of the 15-minute clicks, over a fake's ``read_rows``; counts reads."""
+
+    reads: Counter
+
+    def read_nonzero(self, join_key, values, feature):
+        self.reads = getattr(self, "reads", Counter()) + Counter([feature])
+        return {i: v for i, v in enumerate(self.read_rows({join_key: list(values)})[feature]) if v}
+
+
 def test_the_board_snapshot_orders_the_popularity_rung():
-    class Reader:
+    class Reader(BoardReader):
         def read_rows(self, rows):
             n = len(rows["item_id"])
             return {"item_clicks_15m": [None] * n, "item_trending": [None] * n,
@@ -241,7 +251,7 @@ def test_the_board_snapshot_orders_the_popularity_rung():
 
 
 def test_trending_is_by_recent_clicks_and_a_failed_background_refresh_keeps_the_last_snapshot():
-    class Reader:
+    class Reader(BoardReader):
         fail = False
 
         def read_rows(self, rows):
@@ -272,7 +282,7 @@ def test_trending_is_by_recent_clicks_and_a_failed_background_refresh_keeps_the_
 
 
 def test_trending_keeps_only_the_best_few_ties_by_item_id_and_follows_a_new_catalog():
-    class Reader:
+    class Reader(BoardReader):
         def read_rows(self, rows):  # clicks: i20 5, i10-i12 3 each; a daily trend for every item
             clicks = {"i20": 5, "i12": 3, "i11": 3, "i10": 3}
             return {"item_clicks_15m": [clicks.get(i) for i in rows["item_id"]],
@@ -285,6 +295,29 @@ def test_trending_keeps_only_the_best_few_ties_by_item_id_and_follows_a_new_cata
     snapshot = board.refresh()
     assert [i for i, _ in snapshot.trending] == ["i20", "i11", "i12"] and snapshot.n_items == 19  # i10 is gone
     assert snapshot.popular[:2] == ("i11", "i12")  # no 7-day counts: the new catalog's training popularity
+
+
+def test_the_board_reads_clicks_every_refresh_and_the_daily_counters_once_per_interval():
+    class Reader(BoardReader):
+        clicks: dict = {}
+        trend: dict = {"i05": 2.0}
+
+        def read_rows(self, rows):
+            ids = rows["item_id"]
+            return {"item_clicks_15m": [self.clicks.get(i) for i in ids],
+                    "item_trending": [self.trend.get(i) for i in ids],
+                    "item_popularity_7d": [7.0 if i == "i40" else None for i in ids]}
+
+    now, m, reader = [0.0], models(), Reader()
+    board = PopularityBoard(reader, lambda: m, chunk=100, keep=2, daily_s=300.0, clock=lambda: now[0])
+    assert board.refresh().trending[0][0] == "i05" and board.popular(m)[0] == "i40"
+    reader.clicks, reader.trend = {"i30": 4}, {"i05": 2.0, "i06": 9.0}
+    now[0] = 299.0
+    snapshot = board.refresh()
+    assert [i for i, _ in snapshot.trending] == ["i30", "i05"]  # new clicks at once; i06's new trend not yet
+    now[0] = 300.0
+    assert [i for i, _ in board.refresh().trending] == ["i30", "i06"]  # the daily counters read again
+    assert reader.reads["item_clicks_15m"] == 3
 
 
 def test_static_list_when_nothing_else_answers_or_the_funnel_itself_breaks():
