@@ -44,6 +44,7 @@ class LoopProfile:
     tower_epochs: int = 6
     seed: int = 7
     nightly_spark: bool = True  # on served days (day 0 always runs it: the first training needs it)
+    train_window_days: float | None = 1.0  # a retrain learns from this many recent days (None: all)
     ladder: LadderConfig = LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=12,
                                         min_shadow_requests=30, min_arm_impressions=300)
 
@@ -252,8 +253,9 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
                 detected_at = day_end
             if alerts and not ladder.active:
                 header("4", "training", f"retrain after day {day}'s alerts")
+                window = timedelta(days=profile.train_window_days) if profile.train_window_days else None
                 result = train(settings, TrainConfig(as_of=day_end, promote="never", tower_epochs=profile.tower_epochs,
-                                                     model_name=settings.serving_model_name),
+                                                     model_name=settings.serving_model_name, window=window),
                                progress=lambda m: print(f"  {m}", flush=True))
                 retrained_at = retrained_at or day_end
                 sources.append(_dataset_source(result.dataset))

@@ -55,6 +55,7 @@ class TrainConfig:
     experiment: str = "eightbox-training"
     model_name: str = "eightbox-recommender"
     promote: str = "if-first"  # "never" | "if-first" (no champion yet) | "if-gate" (challenger → champion)
+    window: timedelta | None = None  # learn only from the last `window` before as_of (None: all history)
     thresholds: object = field(default_factory=default_thresholds)
 
 
@@ -134,6 +135,9 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
 
     lake = _lake(settings)
     as_of = pd.Timestamp(cfg.as_of) if cfg.as_of else max(lake[k]["event_time"].max() for k in lake)
+    if cfg.window is not None:  # after a drift, what users did before it teaches the wrong tastes
+        since = as_of - pd.Timedelta(cfg.window)
+        lake = {k: v if k == "item_published" else v[v["event_time"] >= since] for k, v in lake.items()}
     source, examples = _examples(settings, lake, cfg, as_of)
     # The gap keeps a train impression's label (up to one attribution window later) out of validation.
     windows = splits.by_fractions(examples["event_time"], cfg.fractions, gap=cfg.attribution_window)

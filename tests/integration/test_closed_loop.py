@@ -21,7 +21,8 @@ from eightbox.training.promotion import LadderConfig
 
 from .conftest import _OFFSET
 
-pytestmark = pytest.mark.closed_loop
+# The whole loop runs in the module fixture: minutes, not the 15 a single test may take.
+pytestmark = [pytest.mark.closed_loop, pytest.mark.timeout(2400)]
 
 PROFILE = LoopProfile(days=4, drift_day=2, drift_strength=1.0, sessions_per_hour=20.0, ticks_per_day=4,
                       tower_epochs=4, nightly_spark=False,
