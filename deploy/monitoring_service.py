@@ -7,7 +7,8 @@ the four-layer checks every ``monitoring_interval_s`` (monitoring/__main__.py).
   carries the error, and the next interval tries again.
 - environment: the child gets the parent's Settings as ``EIGHTBOX_*`` variables (`child_env`).
 
-Not in `pusher_service.stack_services` yet: whoever assembles the default stack adds it there.
+`eightbox up` runs it (`stack_services(with_monitoring=True)`); the demo does not: its loop monitors
+each simulated day itself, and wall-clock windows would see none of its traffic.
 """
 
 from __future__ import annotations

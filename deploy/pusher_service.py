@@ -73,9 +73,12 @@ def pusher(settings: Settings) -> ServiceSpec:
 
 
 def stack_services(settings: Settings, with_pusher: bool = True,
-                   only: tuple[str, ...] | None = None, with_serving: bool = True) -> dict[str, ServiceSpec]:
-    """The embedded stack (optionally without MLflow etc.: `only` names what to keep), the pusher, and
-    the serving API last (it needs Kafka, Redis and MLflow; without a champion it answers lower rungs)."""
+                   only: tuple[str, ...] | None = None, with_serving: bool = True,
+                   with_monitoring: bool = False) -> dict[str, ServiceSpec]:
+    """The embedded stack (optionally without MLflow etc.: `only` names what to keep), the pusher, the
+    serving API (it needs Kafka, Redis and MLflow; without a champion it answers lower rungs) and,
+    when asked, the wall-clock monitoring job (the demo's loop monitors its simulated days itself)."""
+    from .monitoring_service import NAME as MONITORING, monitoring
     from .serving_service import NAME as SERVING, serving
 
     services = embedded_services(settings)
@@ -83,6 +86,8 @@ def stack_services(settings: Settings, with_pusher: bool = True,
         services[NAME] = pusher(settings)
     if with_serving:
         services[SERVING] = serving(settings)
+    if with_monitoring:
+        services[MONITORING] = monitoring(settings)
     if only is not None:
         services = {k: v for k, v in services.items() if k in only}
     return services

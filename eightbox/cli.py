@@ -54,12 +54,12 @@ def _one_line_errors():
 
 
 def _supervisor():
-    """The embedded stack plus the feature pusher (deploy/pusher_service.py), in start order."""
+    """The embedded stack, the feature pusher, serving and monitoring (deploy/pusher_service.py), in start order."""
     from eightbox.deploy.pusher_service import stack_services
     from eightbox.deploy.supervisor import Supervisor
 
     settings = _settings()
-    return Supervisor(settings, stack_services(settings))
+    return Supervisor(settings, stack_services(settings, with_monitoring=True))
 
 
 @app.command()
