@@ -191,13 +191,13 @@ def test_online_reader_equals_feast_online_and_offline(settings):
     assert all(v is None for v in fast["last_engaged_items"])  # the unknown user: nothing, like Feast
 
 
-def test_a_reader_serves_item_rows_from_its_cache_for_the_interval_and_user_rows_always_from_redis(settings):
+def test_a_reader_serves_item_rows_from_its_cache_for_the_interval_user_rows_always_and_sparse_columns(settings):
     views = ["item_session", "user_category_session"]
 
     def write(day: int, clicks: int) -> datetime:  # one user, item, category; on day `day`: `clicks` each
         t = T0 + timedelta(days=day)
-        write_table(settings, views[0], [{"item_id": "i1", specs.TIMESTAMP: t, "item_clicks_15m": clicks}],
-                    part=f"d{day}")
+        write_table(settings, views[0], [{"item_id": "i1", specs.TIMESTAMP: t, "item_clicks_15m": clicks},
+                                         {"item_id": "i2", specs.TIMESTAMP: t, "item_clicks_15m": 0}], part=f"d{day}")
         write_table(settings, views[1], [{"user_id": "u1", "category": "cat1", specs.TIMESTAMP: t,
                                           "uc_clicks_30m": clicks}], part=f"d{day}")
         return t
@@ -210,16 +210,20 @@ def test_a_reader_serves_item_rows_from_its_cache_for_the_interval_and_user_rows
     reader = OnlineReader(settings, refs, cache_s={"item_id": 1.0}, clock=lambda: now[0])
 
     def clicks() -> tuple:
-        row = reader.read("u1", ["i1", "i1", "i2"], categories=["cat1"] * 3)
+        row = reader.read("u1", ["i1", "i1", "i2", "i3"], categories=["cat1"] * 4)
         return row["item_clicks_15m"], row["uc_clicks_30m"][0]
 
-    assert clicks() == ([3, 3, None], 3)
+    assert clicks() == ([3, 3, 0, None], 3)
     feature_store.materialize(settings, T0 - timedelta(days=1), write(1, 8), views=views)
     now[0] += 0.9
-    assert clicks() == ([3, 3, None], 8)  # the item row read 0.9 s ago; the user's always from Redis
+    assert clicks() == ([3, 3, 0, None], 8)  # the item rows read 0.9 s ago; the user's always from Redis
     now[0] += 0.1
-    assert clicks() == ([8, 8, None], 8)  # one second old: read again
+    assert clicks() == ([8, 8, 0, None], 8)  # one second old: read again
     assert OnlineReader(settings, refs).read("u1", ["i1"], categories=["cat1"])["item_clicks_15m"] == [8]
+    # The board's sparse read: only stored, non-zero values, by position.
+    assert reader.read_nonzero("item_id", ["i3", "i2", "i1"], "item_clicks_15m") == {2: 8}
+    with pytest.raises(KeyError):
+        reader.read_nonzero("user_id", ["u1"], "uc_clicks_30m")  # keyed by user and category, not one key
 
 
 # --- (c) apply -------------------------------------------------------------------------------------
