@@ -16,19 +16,14 @@ from eightbox.deploy.pusher_service import pusher
 from eightbox.deploy.serving_service import serving
 from eightbox.deploy.supervisor import Supervisor
 from eightbox.features.stream import control
-from eightbox.loop import LoopProfile, run_loop
-from eightbox.training.promotion import LadderConfig
+from eightbox.loop import QUICK, run_loop
 
 from .conftest import _OFFSET
 
 # The whole loop runs in the module fixture: minutes, not the 15 a single test may take.
 pytestmark = [pytest.mark.closed_loop, pytest.mark.timeout(2400)]
 
-PROFILE = LoopProfile(days=4, drift_day=2, drift_strength=1.0, sessions_per_hour=20.0, ticks_per_day=4,
-                      tower_epochs=4, nightly_spark=False,
-                      world=dict(n_users=250, n_items=200, n_creators=40, new_users_per_hour=4.0, new_items_per_hour=1.0),
-                      ladder=LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=6,
-                                          min_shadow_requests=10, min_arm_impressions=100))
+PROFILE = QUICK  # `eightbox demo --quick`: 4 served days of a 250-user world, the drift on day 2
 
 
 @pytest.fixture(scope="module")
