@@ -283,6 +283,7 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     from eightbox.loop_report import write_loop_report
 
     write_loop_report(summary, profile.drift_day, reports / "loop.html")
+    (reports / "loop.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 

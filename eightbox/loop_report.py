@@ -4,6 +4,7 @@ its detection, the retrain and the promotion marked; the summary; links to each 
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 from eightbox.monitoring.report import _png, plt
@@ -18,14 +19,28 @@ def ctr_plot(summary: dict, drift_day: int) -> str:
         ax.plot(x, [d[key] for d in days], style, label=label)
     ax.axvline(drift_day - 0.5, color="red", alpha=0.6, label="drift starts")
     for d in days:
-        if d["notes"]:
-            ax.annotate("\n".join(n.split(":")[0][:24] for n in d["notes"][:2]), (d["day"], d["ctr_expected"]),
-                        fontsize=6, xytext=(0, 10), textcoords="offset points", ha="center")
+        if labels := _events(d["notes"]):
+            ax.annotate("\n".join(labels), (d["day"], d["ctr_expected"]),
+                        fontsize=7, xytext=(0, 10), textcoords="offset points", ha="center")
     ax.set_xlabel("simulated day")
     ax.set_ylabel("expected CTR per slot")
     ax.set_xticks(x)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def _events(notes: list[str]) -> list[str]:
+    """Short plot labels for a day's ladder and training notes: "v3 promoted", "v5 refused", ..."""
+    out = []
+    for note in notes:
+        version = re.search(r"v(\d+)", note)
+        v = f"v{version.group(1)} " if version else ""
+        for words, label in (("→ champion", "promoted"), ("→ rolled_back", "rejected"), ("gate refused", "refused"),
+                             ("gate passed", "trained")):
+            if words in note:
+                out.append(v + label)
+                break
+    return out
 
 
 def write_loop_report(summary: dict, drift_day: int, path: Path) -> Path:

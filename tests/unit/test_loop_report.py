@@ -1,0 +1,43 @@
+import math
+from datetime import datetime, timedelta, timezone
+
+from eightbox.loop import DayRow, LoopProfile, summarise, summary_line
+from eightbox.loop_report import _events, write_loop_report
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+PROFILE = LoopProfile(days=3, drift_day=2)
+
+
+def rows() -> list[DayRow]:
+    return [DayRow(1, "2024-01-02", requests=100, shown=1000, clicks=100, ctr_expected=0.10, ctr_popularity=0.08,
+                   ctr_oracle=0.2, p99_ms=30.0),
+            DayRow(2, "2024-01-03", requests=100, shown=1000, clicks=70, ctr_expected=0.07, ctr_popularity=0.08,
+                   ctr_oracle=0.2, p99_ms=30.0, notes=["retrained v2 on logged features: gate passed → shadow"]),
+            DayRow(3, "2024-01-04", requests=100, shown=1000, clicks=95, ctr_expected=0.095, ctr_popularity=0.08,
+                   ctr_oracle=0.2, p99_ms=30.0, notes=["01-04 12:00 v2: canary → champion"])]
+
+
+def test_the_summary_compares_the_last_day_with_the_days_before_the_drift():
+    drift = T0 + timedelta(days=2)
+    s = summarise(rows(), PROFILE, detected_at=drift + timedelta(hours=24), drift_at=drift,
+                  retrains=[drift + timedelta(days=1)], promotions=[drift + timedelta(days=1, hours=12)],
+                  latencies=[10.0, 20.0], wall_s=1.0, report="r")
+    assert math.isclose(s["recovered_ratio"], 0.95) and s["promoted"] and s["detected_after_hours"] == 24.0
+    assert math.isclose(s["ctr_vs_popularity"], 0.095 / 0.08)
+    assert "days" not in summary_line(s)
+
+
+def test_a_promotion_before_the_drift_does_not_count_as_recovery_by_retraining():
+    drift = T0 + timedelta(days=2)
+    s = summarise(rows(), PROFILE, detected_at=None, drift_at=drift, retrains=[], promotions=[drift - timedelta(hours=1)],
+                  latencies=[], wall_s=1.0, report="r")
+    assert not s["promoted"] and not s["drift_detected"] and s["serving_p99_ms"] is None
+
+
+def test_the_page_plots_the_days_and_names_the_ladder_moves(tmp_path):
+    drift = T0 + timedelta(days=2)
+    s = summarise(rows(), PROFILE, detected_at=None, drift_at=drift, retrains=[], promotions=[], latencies=[1.0],
+                  wall_s=1.0, report="r")
+    page = write_loop_report(s, PROFILE.drift_day, tmp_path / "loop.html").read_text()
+    assert "data:image/png;base64," in page and "monitoring-day3.html" in page
+    assert _events(["01-04 12:00 v2: canary → champion", "retrained v5: gate refused (x)"]) == ["v2 promoted", "v5 refused"]
