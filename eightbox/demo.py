@@ -169,13 +169,14 @@ def _train(settings: Settings, tower_epochs: int):
     from eightbox.training.pipeline import TrainConfig, train
 
     t = time.monotonic()
-    result = train(settings, TrainConfig(tower_epochs=tower_epochs), progress=lambda m: print(m, flush=True))
+    result = train(settings, TrainConfig(tower_epochs=tower_epochs, model_name=settings.serving_model_name),
+                   progress=lambda m: print(m, flush=True))
     print(f"  trained in {time.monotonic() - t:.0f} s ({', '.join(f'{k} {v:g} s' for k, v in result.seconds.items())})")
     return result
 
 
 def _show_registry(settings: Settings, result) -> None:
-    print(f"  MLflow run {result.run_id} → registered model eightbox-recommender version {result.version}")
+    print(f"  MLflow run {result.run_id} → registered model {settings.serving_model_name} version {result.version}")
     print(f"  dataset: {result.dataset}")
     if result.gate_passed:
         print(f"  offline gate passed; aliases now on this version: {', '.join(result.aliases) or 'none'}")
@@ -183,7 +184,7 @@ def _show_registry(settings: Settings, result) -> None:
         print("  offline gate refused it:")
         for reason in result.gate_reasons:
             print(f"    - {reason}")
-    print(f"  browse: {settings.mlflow_uri}/#/models/eightbox-recommender")
+    print(f"  browse: {settings.mlflow_uri}/#/models/{settings.serving_model_name}")
 
 
 def _read_online(settings: Settings, events: list) -> None:

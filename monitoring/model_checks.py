@@ -21,7 +21,7 @@ from .thresholds import Threshold
 
 LAYER = "model"
 ECE_BINS = 10
-MIN_LABELLED = 50  # fewer matured impressions than this give an ECE dominated by noise: no_data
+MIN_LABELLED = 300  # fewer matured impressions than this give an ECE dominated by noise (10 bins): no_data
 
 
 def score_psi_check(name: str, summary: Mapping, scores: np.ndarray, threshold: Threshold) -> CheckResult:

@@ -21,7 +21,15 @@ N = 100_000
 
 
 def _archived_rows(settings) -> int:
-    return sum(pq.read_metadata(f).num_rows for f in settings.lake_dir.glob("raw/*/dt=*/hr=*/*.parquet"))
+    """Rows in the lake now. A file listed can be gone a moment later (a restarted archiver replaces
+    parts a killed one left unfinished, see ingest/archiver.py), so a vanished file counts nothing."""
+    total = 0
+    for f in settings.lake_dir.glob("raw/*/dt=*/hr=*/*.parquet"):
+        try:
+            total += pq.read_metadata(f).num_rows
+        except FileNotFoundError:
+            pass
+    return total
 
 
 def _lake_ids(settings) -> Counter:

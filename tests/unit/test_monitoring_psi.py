@@ -61,14 +61,14 @@ def test_categories_outside_the_reference_pool_as_other():
 
 
 def test_ece_is_known_on_constructed_cases():
-    y = np.array([0, 1] * 50)
-    always_09 = ece_check("p_click", y, np.full(100, 0.9), DEFAULTS["ece"])
+    y = np.array([0, 1] * 250)
+    always_09 = ece_check("p_click", y, np.full(500, 0.9), DEFAULTS["ece"])
     assert always_09.value == pytest.approx(0.4) and always_09.status == ACT
-    perfect = ece_check("p_click", np.array([0] * 60 + [1] * 40), np.array([0.0] * 60 + [1.0] * 40), DEFAULTS["ece"])
+    perfect = ece_check("p_click", np.array([0] * 300 + [1] * 200), np.array([0.0] * 300 + [1.0] * 200), DEFAULTS["ece"])
     assert perfect.value == 0.0 and perfect.status == STABLE
     # Half the rows at 0.2 with 20% positives, half at 0.7 with 60%: |0.6-0.7| weighted by 1/2.
-    y2 = np.array([1] * 20 + [0] * 80 + [1] * 60 + [0] * 40)
-    p2 = np.array([0.2] * 100 + [0.7] * 100)
+    y2 = np.array(([1] * 20 + [0] * 80) * 2 + ([1] * 60 + [0] * 40) * 2)
+    p2 = np.array([0.2] * 200 + [0.7] * 200)
     assert ece_check("p_click", y2, p2, DEFAULTS["ece"]).value == pytest.approx(0.05)
 
 
