@@ -165,8 +165,10 @@ def test_monitoring_a_day_of_real_traffic_flags_the_planted_faults_and_nothing_e
 
     # Model: the champion rescored the logged vectors (NaN where f1 is missing) against its reference.
     assert by[("model", "score_psi", "score")].value < 0.1
+    # ECE is judged on position-0 impressions only (the ranker's P(click) is for the first slot); a day
+    # of this traffic has ~140 of them, under the 300 an ECE over 10 bins needs: no data, not a guess.
     ece = by[("model", "ece", "score")]
-    assert ece.status not in (NO_DATA, ACT) and ece.value < 0.05, ece.detail
+    assert ece.status == NO_DATA and "< 300" in ece.detail, ece.detail
     shadow = by[("model", "shadow_score_psi", "v2 vs v1")]  # list columns, nulls included, via the lake
     assert shadow.status == STABLE and shadow.detail == "225 shadowed requests, 2250 challenger scores"
     assert reference["scores"]["score"]["shares"] == result.score_bins["reference"].tolist()
