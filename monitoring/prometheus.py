@@ -46,11 +46,15 @@ def textfile_path(settings: Settings) -> Path:
     return settings.run_dir / "monitoring.prom"
 
 
-def write_textfile(settings: Settings, result: MonitoringResult) -> Path:
-    """Replace the textfile atomically, so a scraper never reads half of it."""
-    path = textfile_path(settings)
+def replace_file(path: Path, data: bytes) -> Path:
+    """Write `data` beside `path`, then rename over it: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(render(result))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def write_textfile(settings: Settings, result: MonitoringResult) -> Path:
+    """Replace the textfile atomically, so a scraper never reads half of it."""
+    return replace_file(textfile_path(settings), render(result))

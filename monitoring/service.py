@@ -22,6 +22,7 @@ from pathlib import Path
 from eightbox.settings import Settings
 
 from .job import default_metrics_url, run_monitoring
+from .prometheus import replace_file
 
 log = logging.getLogger("eightbox.monitoring")
 BEAT_S = 5.0
@@ -36,11 +37,7 @@ def report_path(settings: Settings) -> Path:
 
 
 def _beat(settings: Settings, state: dict) -> None:
-    path = heartbeat_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"time": time.time(), "pid": os.getpid(), **state}))
-    os.replace(tmp, path)
+    replace_file(heartbeat_path(settings), json.dumps({"time": time.time(), "pid": os.getpid(), **state}).encode())
 
 
 def run_once(settings: Settings, end: datetime) -> dict:
