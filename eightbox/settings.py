@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     archiver_flush_seconds: float = 2.0
     """...or once its oldest event has waited this long."""
 
+    archiver_rejoin_after_s: float = 30.0
+    """An archiver that has owned no partition this long replaces its consumer: kafka-python 3.0.12 can
+    stay stuck looking up the group coordinator, while a fresh client joins at once."""
+
     # --- Feature pipeline ----------------------------------------------------------------------
     spark_master: str = "local[2]"
     """Spark master for backfills: `local[N]` in the embedded stack, `spark://host:7077` on a cluster."""

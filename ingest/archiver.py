@@ -74,22 +74,39 @@ class LakeArchiver:
     def __init__(self, settings: Settings, dead_letters: EventProducer | None = None,
                  on_progress: Callable[[int], None] | None = None):
         self.settings = settings
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_servers, group_id=settings.archiver_group,
-            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=5000,
-            fetch_max_bytes=32 * 2**20, max_partition_fetch_bytes=4 * 2**20, client_id="eightbox-archiver",
-            session_timeout_ms=6000, heartbeat_interval_ms=1500,  # a crashed member is replaced fast
-        )
-        self.consumer.subscribe(topics=[t.name for t in TOPICS.values()], listener=_Rebalance(self))
+        self.consumer = self._join()
         self.dead_letters = dead_letters or EventProducer(settings, source="archiver")
         self.on_progress = on_progress
         self.buffers: dict[TopicPartition, list] = {}
         self._since: dict[TopicPartition, float] = {}
         self.archived = 0
 
+    def _join(self) -> KafkaConsumer:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_servers, group_id=self.settings.archiver_group,
+            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=5000,
+            fetch_max_bytes=32 * 2**20, max_partition_fetch_bytes=4 * 2**20, client_id="eightbox-archiver",
+            session_timeout_ms=6000, heartbeat_interval_ms=1500,  # a crashed member is replaced fast
+        )
+        consumer.subscribe(topics=[t.name for t in TOPICS.values()], listener=_Rebalance(self))
+        return consumer
+
+    def _rejoin(self) -> None:
+        """A new consumer in place of one that owns nothing (see `archiver_rejoin_after_s`). Nothing is
+        lost: unflushed records were never committed, and the lake says where each partition resumes."""
+        log.warning("archiver owned no partition for %.0f s: replacing its consumer",
+                    self.settings.archiver_rejoin_after_s)
+        self.buffers.clear()
+        self._since.clear()
+        try:
+            self.consumer.close(autocommit=False, timeout_ms=2000)
+        except Exception as e:  # a stuck client may fail to close cleanly; its group session just expires
+            log.warning("closing the stuck consumer failed: %s", e)
+        self.consumer = self._join()
+
     def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None) -> int:
         stop = stop or threading.Event()
-        idle_since = time.monotonic()
+        idle_since = unassigned_since = time.monotonic()
         try:
             while not stop.is_set():
                 polled = self.consumer.poll(timeout_ms=200)
@@ -99,6 +116,11 @@ class LakeArchiver:
                         self._since.setdefault(tp, time.monotonic())
                         idle_since = time.monotonic()
                 self.flush(self._due())
+                if self.consumer.assignment():
+                    unassigned_since = time.monotonic()
+                elif time.monotonic() - unassigned_since > self.settings.archiver_rejoin_after_s:
+                    self._rejoin()
+                    unassigned_since = time.monotonic()
                 if not self.consumer.assignment():  # idle time counts only once we own partitions
                     idle_since = time.monotonic()
                 elif idle_exit_s is not None and not self.buffers and time.monotonic() - idle_since > idle_exit_s:

@@ -78,3 +78,29 @@ def test_archiver_killed_three_times_loses_and_duplicates_nothing(lake_settings,
     assert not duplicated, f"{len(duplicated)} duplicated, e.g. {list(duplicated)[:3]}"
     assert set(ours) == acked, f"lost {len(acked - set(ours))}"
     assert not list(settings.lake_dir.glob("raw/*/dt=*/hr=*/.*.tmp")), "temp files left in the lake"
+
+
+def test_an_archiver_whose_consumer_never_gets_partitions_replaces_it(lake_settings, caplog):
+    """kafka-python 3.0.12 once left an archiver's consumer looking up its coordinator for good (the
+    group empty, the loop spinning): after `archiver_rejoin_after_s` without partitions a fresh
+    consumer takes over, and every event still lands."""
+    from kafka import KafkaConsumer
+
+    from eightbox.ingest.archiver import LakeArchiver
+
+    settings = lake_settings.model_copy(update={"archiver_rejoin_after_s": 2.0})
+    prefix = f"stuck-{uuid.uuid4().hex[:6]}"
+    with EventProducer(settings) as producer:
+        events = click_stream(prefix, 50)
+        for event in events:
+            producer.publish(event)
+    archiver = LakeArchiver(settings)
+    archiver.consumer.close(autocommit=False)
+    # A stand-in for the stuck client: a live consumer that owns no partition of the archive.
+    archiver.consumer = KafkaConsumer(bootstrap_servers=settings.kafka_servers, group_id=f"{prefix}-stuck")
+    archiver.consumer.subscribe(topics=[f"{prefix}-no-such-topic"])
+    with caplog.at_level("WARNING", logger="eightbox.ingest.archiver"):
+        archiver.run(idle_exit_s=4)
+    assert any("replacing its consumer" in r.getMessage() for r in caplog.records)
+    landed = set(lake.read_events(settings.lake_dir, "item_clicked").column("event_id").to_pylist())
+    assert {e.event_id for e in events if e.event_type == "item_clicked"} <= landed
