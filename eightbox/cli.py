@@ -356,23 +356,25 @@ def bench_train(quick: bool = typer.Option(False, help="Smaller inputs.")) -> No
 
 
 @bench_app.command("loop")
-def bench_loop(quick: bool = typer.Option(False, help="The demo's quick profile (4 served days, a smaller world).")) -> None:
+def bench_loop(quick: bool = typer.Option(False, help="The demo's quick profile (4 served days, a smaller world)."),
+               seed: int = typer.Option(None, help="Simulate another world (default: the profile's seed).")) -> None:
     """The closed-loop demo; its summary (drift detected, promoted, recovered_ratio, ...) as the last line."""
     from eightbox.demo import run_demo
     from eightbox.loop import summary_line
 
     with _one_line_errors():
-        typer.echo(summary_line(run_demo(_settings(), quick=quick)))
+        typer.echo(summary_line(run_demo(_settings(), quick=quick, seed=seed)))
 
 
 @app.command()
-def demo(quick: bool = typer.Option(False, help="4 served days of a smaller world instead of 6 (under 5 minutes).")) -> None:
+def demo(quick: bool = typer.Option(False, help="4 served days of a smaller world instead of 6 (under 5 minutes)."),
+         seed: int = typer.Option(None, help="Simulate another world (default: the profile's seed).")) -> None:
     """Run the closed loop on the embedded stack, one box at a time."""
     from eightbox.demo import run_demo
     from eightbox.deploy.services import StackError
 
     try:
-        run_demo(_settings(), quick=quick)
+        run_demo(_settings(), quick=quick, seed=seed)
     except StackError as e:
         _fail(str(e))
 

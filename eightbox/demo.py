@@ -233,14 +233,18 @@ def _fresh_home(settings: Settings) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def run_demo(settings: Settings, quick: bool = False) -> dict:
-    """The closed loop (`eightbox.loop`) on a fresh embedded stack; returns its summary."""
+def run_demo(settings: Settings, quick: bool = False, seed: int | None = None) -> dict:
+    """The closed loop (`eightbox.loop`) on a fresh embedded stack; returns its summary. `seed`: another
+    simulated world than the profile's."""
+    from dataclasses import replace
+
     from eightbox.deploy.pusher_service import stack_services
     from eightbox.deploy.supervisor import Supervisor
     from eightbox.ingest.topics import ensure_topics
     from eightbox.loop import FULL, QUICK, print_summary, run_loop
 
     profile = QUICK if quick else FULL
+    profile = profile if seed is None else replace(profile, seed=seed)
     # Serving stamps impressions with the simulated time each request carries (see `loop`).
     settings = settings.model_copy(update={"serving_trust_request_time": True})
     started = time.monotonic()

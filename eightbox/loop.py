@@ -45,7 +45,8 @@ class LoopProfile:
     seed: int = 7
     nightly_spark: bool = True  # on served days (day 0 always runs it: the first training needs it)
     train_window_days: float | None = 1.0  # a retrain learns from this many recent days (None: all)
-    ladder: LadderConfig = LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=12,
+    # Half the users on the canary: at a few hundred visits a day a 20 % arm sees too little to judge.
+    ladder: LadderConfig = LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=12, canary_share=0.5,
                                         min_shadow_requests=30, min_arm_impressions=300)
 
 
@@ -57,8 +58,8 @@ TINY_WORLD = dict(n_users=250, n_items=200, n_creators=40, new_users_per_hour=4.
 FULL = LoopProfile(world=SMALL_WORLD)
 QUICK = LoopProfile(days=4, drift_day=2, sessions_per_hour=20.0, tower_epochs=4, world=TINY_WORLD,
                     nightly_spark=False,
-                    ladder=LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=6,
-                                        min_shadow_requests=10, min_arm_impressions=100))
+                    ladder=LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=6, canary_share=0.5,
+                                        min_shadow_requests=10, min_arm_impressions=300))
 
 
 @dataclass

@@ -188,6 +188,10 @@ class MultiTaskRanker:
                     m["auc" + suffix] = _auc(y, p)
                     m["logloss" + suffix] = log_loss(y, p)
                     m["ece" + suffix] = expected_calibration_error(y, p)
+                # Standard errors: how far another test window of this size could move them (the gate
+                # widens its tolerances by them, see training/gate.py).
+                m["auc_se"] = _auc_se(m["auc"], int(y.sum()), int(len(y) - y.sum()))
+                m["logloss_se"] = _logloss_se(y, c)
                 m["method"] = self.calibrators[head].method  # type: ignore[assignment]
             else:
                 for suffix, p in (("_raw", r), ("", c)):
@@ -257,6 +261,22 @@ def _content_hash(manifest: Mapping[str, Any], models: Mapping[str, bytes]) -> s
     for head in sorted(models):
         h.update(head.encode() + b"\0" + models[head])
     return h.hexdigest()[:16]
+
+
+def _auc_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC from its value and the class counts."""
+    if not np.isfinite(auc) or n_pos < 1 or n_neg < 1:
+        return float("nan")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+def _logloss_se(y: np.ndarray, p: np.ndarray) -> float:
+    """Standard error of the mean log loss (per-row losses' spread over sqrt(rows))."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-15, 1 - 1e-15)
+    losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    return float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else float("nan")
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:

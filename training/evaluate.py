@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from eightbox.training import baselines
-from eightbox.training.topk_metrics import ndcg_at_k, precision_at_k, recall_at_k
+from eightbox.training.topk_metrics import ndcg_at_k, precision_at_k, recall_at_k, recall_values, standard_error
 
 KS = (50, 100, 200)
 
@@ -38,6 +38,8 @@ def held_out_targets(train: pd.DataFrame, test: pd.DataFrame) -> tuple[list[str]
 def topk_report(lists: Sequence[Sequence[str]], relevant: Sequence[set[str]], ks: Sequence[int] = KS,
                 extra: bool = False) -> dict[str, float]:
     out = {f"recall@{k}": round(recall_at_k(lists, relevant, k), 4) for k in ks}
+    for k in ks:  # few test users make recall noisy: its standard error lets the gate tell a drop from chance
+        out[f"recall@{k}_se"] = round(standard_error(recall_values(lists, relevant, k)), 4)
     out["ndcg@10"] = round(ndcg_at_k(lists, relevant, 10), 4)
     if extra:
         out["p@10"] = round(precision_at_k(lists, relevant, 10), 4)

@@ -38,6 +38,7 @@ def default_thresholds():
         ceilings={"click_ece": 0.05},
         max_drop={"click_auc": 0.02, "two_tower_recall_at_100": 0.10},
         max_rise={"click_logloss": 0.05},
+        noise_z=1.645,  # a drop is refused when it is beyond chance at one-sided 95 % (gate.py)
     )
 
 
@@ -49,6 +50,7 @@ class TrainConfig:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # of the time span: train / valid / test
     feature_service: str = "ranker_v1"
     tower_epochs: int = 8
+    tower_min_steps: int = 50  # optimizer steps at least, on a small window (more epochs; see TwoTower.fit)
     tower_dim: int = 32
     ranker_rounds: int = 300
     seed: int = 0
@@ -163,11 +165,14 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
     # The user tower's bag is what serving will read: the streaming `last_engaged_items` (engagements
     # only, the newest LAST_N_ENGAGED), not every click, so training and serving see the same input.
     engaged = tower_train[tower_train["kind"] == "engage"]
+    tower_valid = inter[(inter["event_time"] >= windows.valid.start) & (inter["event_time"] < windows.valid.end)]
     tower = TwoTower.fit(tower_train, items, TwoTowerConfig(dim=cfg.tower_dim, epochs=cfg.tower_epochs,
                                                             seed=cfg.seed, n_recent=LAST_N_ENGAGED),
-                         history=engaged,
-                         progress=lambda s: progress(f"  two-tower epoch {s.epoch}/{s.epochs}: loss {s.loss:.3f} "
-                                                     f"({s.seconds:.1f} s)"))
+                         history=engaged, min_steps=cfg.tower_min_steps,
+                         validate=_recall_on(tower_valid, tower_train, items, windows.valid.start, engaged),
+                         progress=lambda s: progress(f"  two-tower epoch {s.epoch}/{s.epochs}: loss {s.loss:.3f}"
+                                                     f", valid recall@100 {s.valid:.3f} ({s.seconds:.1f} s)"))
+    progress(f"  two-tower: kept epoch {tower.best_epoch} (best recall@100 on the validation window)")
     ids, vectors = tower.item_embeddings(items)
     index = AnnIndex.build(ids, vectors, encoder_version=tower.encoder_version)
     retrieval = retrieval_quality(tower, index, tower_train, tower_test, ids, windows.test.start,
@@ -226,10 +231,15 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
     first = registry.champion_version(settings, cfg.model_name) is None
     # The champion judged on this candidate's own test window: after a drift, its metrics from its
     # own (older, easier or harder) window would make the gate compare two different exams.
+    # On serving's own logs the champion chose what users could click, so its retrieval recalls the
+    # test window's items by construction (exposure bias): there the towers are judged online, by the
+    # ladder's canary, and the gate compares the ranker only (it re-orders the same impressions).
+    retrieval_judged = source != "logged"
     same_window = None if first else _champion_on(
         settings, cfg, test_df, lambda tower, index: retrieval_quality(
             tower, index, tower_train, tower_test, list(index.ids), windows.test.start,
-            history=inter[(inter["kind"] == "engage") & (inter["event_time"] < windows.test.start)]), progress)
+            history=inter[(inter["kind"] == "engage") & (inter["event_time"] < windows.test.start)]),
+        progress, retrieval=retrieval_judged)
     verdict = registry.propose(settings, version, cfg.thresholds, model_name=cfg.model_name,
                                champion_metrics=same_window)
     aliases = ["challenger"] if verdict.passed else []
@@ -243,24 +253,44 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
                        seconds=seconds)
 
 
-def _champion_on(settings: Settings, cfg: TrainConfig, test_df: pd.DataFrame, retrieval, progress: Progress):
+def _recall_on(valid: pd.DataFrame, train: pd.DataFrame, items: pd.DataFrame, as_of, history: pd.DataFrame):
+    """The towers' early-stopping score: recall@100 on the validation window's interactions (users'
+    train items excluded, as in the test figure), or a constant when that window has none."""
+    from eightbox.retrieval.ann_index import AnnIndex
+    from eightbox.training.evaluate import held_out_targets, two_tower_lists
+    from eightbox.training.topk_metrics import recall_at_k
+
+    users, relevant, seen = held_out_targets(train, valid)
+
+    def score(tower) -> float:
+        if not users:
+            return 0.0  # nothing tells epochs apart: every epoch ties, and a tie keeps the last one
+        ids, vectors = tower.item_embeddings(items)
+        index = AnnIndex.build(ids, vectors, encoder_version=tower.encoder_version)
+        return recall_at_k(two_tower_lists(tower, index, users, as_of, history, seen, 100), relevant, 100)
+    return score
+
+
+def _champion_on(settings: Settings, cfg: TrainConfig, test_df: pd.DataFrame, quality, progress: Progress,
+                 retrieval: bool = True):
     """The champion's gate metrics on the candidate's test window (same names as the candidate's), or
-    None when its bundle cannot be evaluated there (then the gate falls back to its logged metrics)."""
+    None when its bundle cannot be evaluated there (then the gate falls back to its logged metrics).
+    Without `retrieval` its two-tower figures are left out, so the gate does not compare them."""
     from eightbox.training import registry
 
     try:
         bundle = registry.load_by_alias(settings, registry.CHAMPION, model_name=cfg.model_name) \
             .unwrap_python_model().bundle
-        tower, index = bundle.component("two_tower"), bundle.component("index")
-        quality = retrieval(tower, index)
-        metrics = {**_flat("", {"two_tower": quality["two_tower"]}),
-                   **_flat("", dict(bundle.component("ranker").metrics(test_df)))}
+        metrics = _flat("", dict(bundle.component("ranker").metrics(test_df)))
+        if retrieval:
+            metrics |= _flat("", {"two_tower": quality(bundle.component("two_tower"), bundle.component("index"))["two_tower"]})
     except Exception as exc:  # an older bundle layout, a feature it lacks: judge against its own run
         progress(f"  champion not evaluated on this test window ({type(exc).__name__}: {exc}); "
                  "the gate compares with its logged metrics")
         return None
     progress(f"  champion on this test window: click AUC {metrics.get('click_auc', float('nan')):.3f}, "
-             f"two-tower recall@100 {metrics.get('two_tower_recall_at_100', float('nan')):.3f}")
+             + (f"two-tower recall@100 {metrics.get('two_tower_recall_at_100', float('nan')):.3f}" if retrieval else
+                "two-tower not compared (it chose what this window's users saw: judged online instead)"))
     return metrics
 
 

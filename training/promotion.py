@@ -8,7 +8,8 @@ A candidate that passed the offline gate (`registry.propose`) holds the ``challe
   distribution is not wildly off the champion's (``max_score_psi``: catches a broken model, not drift).
 - **canary**: ``canary_share`` of users see the challenger for ``canary_hours``. Guardrails compare
   its arm with the champion's on the same hours: CTR may not fall more than ``max_ctr_drop``
-  (relative), error rate and p99 latency have ceilings. A breach rolls back at once: the challenger
+  (relative, and significantly: a one-sided z-test at ``guardrail_confidence``), error rate and
+  p99 latency have ceilings. A breach rolls back at once: the challenger
   loses its alias and traffic, and is tagged refused with the reason.
 - **champion**: promoted; the previous champion keeps ``holdback_share`` of users for
   ``holdback_hours``, so the promotion's effect stays measurable. A guardrail breach of the new
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from statistics import NormalDist
 from typing import Literal
 
 Rung = Literal["challenger", "shadow", "canary", "champion", "holdback_done", "rolled_back"]
@@ -44,9 +46,14 @@ class LadderConfig:
     max_score_psi: float = math.inf
     max_latency_ratio: float = 2.0  # challenger p99 / champion p99 (shadow and canary)
     max_ctr_drop: float = 0.10  # relative, arm vs arm on the same hours
+    # ...and significant: the arm on trial's CTR is below the base arm's at this one-sided confidence
+    # (pooled two-proportion z-test). A 10 % gap on a few hundred impressions is mostly noise.
+    guardrail_confidence: float = 0.95
     max_error_rate: float = 0.01
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.guardrail_confidence < 1:
+            raise ValueError("guardrail_confidence must be in [0.5, 1)")
         if not (0 < self.canary_share < 1 and 0 <= self.holdback_share < 1):
             raise ValueError("canary_share must be in (0, 1) and holdback_share in [0, 1)")
         if self.canary_share + self.holdback_share > 1:
@@ -133,10 +140,19 @@ def guardrail_breaches(trial: ArmStats, base: ArmStats, cfg: LadderConfig, names
         out.append(f"{names[0]} p99 {trial.p99_ms:.1f} ms > {cfg.max_latency_ratio}× {names[1]}'s {base.p99_ms:.1f} ms")
     if min(trial.impressions, base.impressions) >= cfg.min_arm_impressions and base.ctr > 0:
         drop = 1 - trial.ctr / base.ctr
-        if drop > cfg.max_ctr_drop:
+        z = ctr_z(trial, base)
+        if drop > cfg.max_ctr_drop and z < -NormalDist().inv_cdf(cfg.guardrail_confidence):
             out.append(f"{names[0]} CTR {trial.ctr:.4f} is {drop:.1%} below {names[1]}'s {base.ctr:.4f} "
-                       f"(max drop {cfg.max_ctr_drop:.0%})")
+                       f"(max drop {cfg.max_ctr_drop:.0%}; z = {z:.2f}, significant at {cfg.guardrail_confidence:.0%})")
     return out
+
+
+def ctr_z(trial: ArmStats, base: ArmStats) -> float:
+    """Pooled two-proportion z of trial's CTR minus base's (impressions as trials; clicks within one
+    slate are correlated, so this is somewhat optimistic about the evidence)."""
+    pooled = (trial.clicks + base.clicks) / (trial.impressions + base.impressions)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / trial.impressions + 1 / base.impressions))
+    return (trial.ctr - base.ctr) / se if se > 0 else 0.0
 
 
 def decide(state: LadderState, evidence: Evidence, now: datetime, cfg: LadderConfig) -> Decision:

@@ -30,9 +30,19 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
+def recall_values(recommended: Sequence[Sequence[str]], relevant: Sequence[Iterable[str]], k: int) -> list[float]:
+    """|top-k ∩ relevant| / |relevant| of each user with something relevant."""
+    return [len(set(top) & truth) / len(truth) for top, truth in _pairs(recommended, relevant, k)]
+
+
 def recall_at_k(recommended: Sequence[Sequence[str]], relevant: Sequence[Iterable[str]], k: int) -> float:
     """Mean over users of |top-k ∩ relevant| / |relevant|."""
-    return _mean([len(set(top) & truth) / len(truth) for top, truth in _pairs(recommended, relevant, k)])
+    return _mean(recall_values(recommended, relevant, k))
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Of the mean of `values` (NaN below two values)."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
 def precision_at_k(recommended: Sequence[Sequence[str]], relevant: Sequence[Iterable[str]], k: int) -> float:

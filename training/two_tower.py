@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ class EpochStats:
     epochs: int
     loss: float  # weighted mean in-batch softmax cross-entropy
     seconds: float  # of this epoch
+    valid: float | None = None  # the `validate` score after this epoch
 
 
 def print_epoch(stats: EpochStats) -> None:
@@ -140,6 +142,7 @@ class TwoTower:
                                len(self._creators), vocab["content_dim"], len(vocab["dense_columns"]))
         self.net.to(self.device)
         self._version: str | None = None
+        self.best_epoch: int | None = None  # the epoch kept, when training validated each epoch
 
     # --- inputs -------------------------------------------------------------------------------------
     def _user_ids(self, user_ids: Sequence[str], known: bool = True) -> np.ndarray:
@@ -188,14 +191,20 @@ class TwoTower:
     def fit(cls, interactions: pd.DataFrame, items: pd.DataFrame, config: TwoTowerConfig | None = None,
             user_features: pd.DataFrame | None = None,
             progress: Callable[[EpochStats], None] | None = None, device: str | None = None,
-            history: pd.DataFrame | None = None) -> TwoTower:
+            history: pd.DataFrame | None = None, validate: Callable[[TwoTower], float] | None = None,
+            min_steps: int = 0) -> TwoTower:
         """Train on ``interactions`` (``interactions_from_events`` columns; every row a positive,
         its history the user's rows strictly before it) with item side features from ``items``
         (``items_from_events``; interacted items missing there get zero content and unknown
         category / creator). ``user_features``: optional user_id + numeric columns, standardised.
         ``history``: the rows user histories are drawn from (default: ``interactions``); pass what
         serving will have at request time (the pipeline passes engagements only, as the streaming
-        ``last_engaged_items`` holds), or the bag the tower learns on is not the bag it serves on."""
+        ``last_engaged_items`` holds), or the bag the tower learns on is not the bag it serves on.
+        ``validate``: scores the model after each epoch (higher is better, e.g. recall on a later
+        window); the best epoch's weights are the ones kept. ``min_steps``: on a small window an
+        epoch is one or two batches, so `epochs` alone would be a handful of optimizer steps; training
+        runs more epochs until it has taken this many (with ``validate``, extra epochs cannot overfit
+        the result)."""
         cfg = config or TwoTowerConfig()
         inter = interactions.sort_values("event_time", kind="stable").reset_index(drop=True)
         if inter.empty:
@@ -218,13 +227,14 @@ class TwoTower:
         torch.use_deterministic_algorithms(deterministic or model.device == "cpu")
         try:
             past = inter if history is None else history.sort_values("event_time", kind="stable")
-            model._train(inter, items, user_features, progress, past)
+            model._train(inter, items, user_features, progress, past, validate, min_steps)
         finally:
             torch.use_deterministic_algorithms(deterministic)
         return model
 
     def _train(self, inter: pd.DataFrame, items: pd.DataFrame, user_features: pd.DataFrame | None,
-               progress: Callable[[EpochStats], None] | None, past: pd.DataFrame) -> None:
+               progress: Callable[[EpochStats], None] | None, past: pd.DataFrame,
+               validate: Callable[[TwoTower], float] | None = None, min_steps: int = 0) -> None:
         cfg, n = self.config, len(inter)
         users = inter["user_id"].tolist()
         item = _index(inter["item_id"].tolist(), self._items)
@@ -247,8 +257,10 @@ class TwoTower:
         gen = torch.Generator().manual_seed(cfg.seed)
         cuda = self.device.startswith("cuda")
         opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda or None)
+        epochs = max(cfg.epochs, math.ceil(min_steps / math.ceil(n / cfg.batch_size)))
+        best: tuple[float, int, dict] | None = None  # (validation score, epoch, weights)
         self.net.train()
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(1, epochs + 1):
             started = time.monotonic()
             # The epoch's shuffle and id-dropout draws are made up front on the CPU generator, in the
             # order a per-batch loop would draw them (same stream, same CPU model), and copied to the
@@ -276,8 +288,19 @@ class TwoTower:
                 opt.step()
                 total += loss.detach().double() * wb.sum().double()
                 weight += wb.sum().double()
+            if validate is not None:
+                self.net.eval()
+                score = float(validate(self))
+                self._version = None  # validation embedded with mid-training weights
+                self.net.train()
+                if best is None or score >= best[0]:  # a tie keeps the later, more trained epoch
+                    best = (score, epoch, {k: v.detach().clone() for k, v in self.net.state_dict().items()})
             if progress:
-                progress(EpochStats(epoch, cfg.epochs, float(total / weight), time.monotonic() - started))
+                progress(EpochStats(epoch, epochs, float(total / weight), time.monotonic() - started,
+                                    None if validate is None else score))
+        if best is not None:
+            self.net.load_state_dict(best[2])
+            self.best_epoch, self._version = best[1], None
         self.net.eval()
 
     # --- inference ----------------------------------------------------------------------------------

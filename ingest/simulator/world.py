@@ -96,17 +96,23 @@ class World:
         # Divide by sqrt(dim) so the noise has norm ~scale whatever the dimension.
         return scale * self._rng.standard_normal((n, self.cfg.dim)) / np.sqrt(self.cfg.dim)
 
+    def _tastes(self, n: int) -> np.ndarray:
+        """n unit taste vectors: a mix of two favourite categories (drawn by size) plus personal noise."""
+        cfg, rng = self.cfg, self._rng
+        fav = rng.choice(cfg.n_categories, size=(n, 2), p=self.category_weights)
+        mix = rng.uniform(0.5, 1.0, size=(n, 1))  # weight of the first favourite category
+        base = mix * self.centroids[fav[:, 0]] + (1 - mix) * self.centroids[fav[:, 1]]
+        return _unit(base + self._noise(n, cfg.user_spread))
+
     def add_users(self, n: int) -> range:
         """Append n users; returns their indices."""
         cfg, rng = self.cfg, self._rng
         first = self.n_users
-        fav = rng.choice(cfg.n_categories, size=(n, 2), p=self.category_weights)
-        mix = rng.uniform(0.5, 1.0, size=(n, 1))  # weight of the first favourite category
-        base = mix * self.centroids[fav[:, 0]] + (1 - mix) * self.centroids[fav[:, 1]]
-        vec = _unit(base + self._noise(n, cfg.user_spread))
-        # Drift target: a uniformly drawn category (usually not a favourite). Drawn even when
-        # drift is off, so configs differing only in drift share the same world.
-        target = _unit(self.centroids[rng.integers(0, cfg.n_categories, size=n)] + self._noise(n, cfg.user_spread))
+        vec = self._tastes(n)
+        # Drift target: a second taste drawn like the first (usually other favourites), so the drifted
+        # population is distributed as before and a policy's CTR after the drift is comparable with its
+        # CTR before. Drawn even when drift is off, so configs differing only in drift share the same world.
+        target = self._tastes(n)
         s = cfg.drift_strength
         drifted = _unit((1 - s) * vec + s * target)
         activity = rng.lognormal(0.0, 1.0, size=n)

@@ -46,6 +46,16 @@ def test_a_canary_that_loses_ctr_beyond_the_guardrail_is_rejected():
     assert d.action == "reject" and "20.0% below" in d.reasons[0]
 
 
+def test_a_ctr_gap_beyond_the_margin_that_noise_explains_is_no_breach():
+    # 16 % lower on 500 impressions a side: z = -0.88, well within what chance gives equal arms.
+    ev = Evidence(champion=arm(500, 50), challenger=arm(500, 42))
+    assert decide(LadderState("7", "canary", T0), ev, at(3), CFG).action == "wait"
+    # The same gap on 20 times the traffic is significant (z = -3.9) and breaches.
+    ev = Evidence(champion=arm(10_000, 1000), challenger=arm(10_000, 840))
+    d = decide(LadderState("7", "canary", T0), ev, at(3), CFG)
+    assert d.action == "reject" and "significant" in d.reasons[0]
+
+
 def test_a_ctr_guardrail_is_not_judged_on_too_little_traffic():
     ev = Evidence(champion=arm(4000, 400), challenger=arm(100, 2))
     assert decide(LadderState("7", "canary", T0), ev, at(3), CFG).action == "wait"

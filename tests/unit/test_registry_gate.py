@@ -93,3 +93,19 @@ def test_thresholds_round_trip_through_a_dict_and_reject_negative_tolerances():
     assert GateThresholds().metrics() == set() and gate({}, None, GateThresholds()).passed
     with pytest.raises(ValueError, match="max_drop"):
         GateThresholds(max_drop={"auc": -0.1})
+
+
+def test_with_noise_z_a_drop_within_chance_passes_and_a_drop_beyond_it_is_refused():
+    thresholds = GateThresholds(max_drop={"recall": 0.10}, noise_z=1.645)
+    champion = {"recall": 0.90, "recall_se": 0.04}
+    # 0.75 is 16.7 % below: refused without noise, within 0.09 + 1.645 * 0.057 = 0.183 with it.
+    noisy = {"recall": 0.75, "recall_se": 0.04}
+    assert not gate(noisy, champion, GateThresholds(max_drop={"recall": 0.10})).passed
+    assert gate(noisy, champion, thresholds).passed
+    [reason] = gate({"recall": 0.70, "recall_se": 0.04}, champion, thresholds).reasons
+    assert "plus 1.645 standard errors of the difference (0.0565685)" in reason
+    # Without a standard error on either side the tolerance stays as it is.
+    assert not gate({"recall": 0.75}, {"recall": 0.90}, thresholds).passed
+    assert GateThresholds.from_dict(thresholds.to_dict()) == thresholds
+    with pytest.raises(ValueError, match="noise_z"):
+        GateThresholds(noise_z=-1.0)

@@ -139,6 +139,23 @@ def test_training_is_deterministic_on_cpu(sim):
                         device="cpu").encoder_version != first.encoder_version
 
 
+def test_min_steps_adds_epochs_and_validation_keeps_the_best_one(sim, tmp_path):
+    items, train = _tiny(sim)  # 1500 rows, batch 500: three steps an epoch
+    config = TwoTowerConfig(dim=8, epochs=2, batch_size=500, seed=3)
+    planted = iter([0.1, 0.5, 0.2, 0.5, 0.3, 0.1, 0.0])  # epochs 2 and 4 tie best: the later is kept
+    seen = {}
+
+    def validate(model):
+        seen[len(seen) + 1] = (np.asarray(model.item_embeddings(items)[1]).copy(), model.encoder_version)
+        return next(planted)
+    model = TwoTower.fit(train, items, config, device="cpu", min_steps=20, validate=validate)
+    assert len(seen) == 7 and model.best_epoch == 4  # ceil(20 / 3) epochs
+    assert np.array_equal(np.asarray(model.item_embeddings(items)[1]), seen[4][0])
+    # The version names the weights kept, not the last ones validated: it survives a save and load.
+    assert model.encoder_version == seen[4][1] != seen[7][1]
+    assert TwoTower.load(model.save(tmp_path / "m")).encoder_version == model.encoder_version
+
+
 def test_save_and_load_give_the_same_encoder_and_embeddings(sim, sim_model, tmp_path):
     items, train, _, cut = sim
     loaded = TwoTower.load(sim_model.save(tmp_path / "two_tower"))
