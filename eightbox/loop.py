@@ -210,7 +210,8 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     latencies_all: list[float] = []
     detected_at = None
     retrains: list[datetime] = []
-    promotions: list[datetime] = []
+    promotions: list[tuple[datetime, datetime]] = []  # (promoted at, the newest data its model learned from)
+    learned_until: dict[str, datetime] = {}  # version → as_of of its training
     sources: list[str] = []  # where each retrain's examples came from ("logged": serving's own impressions)
     reports = settings.home / "reports"
     reports.mkdir(parents=True, exist_ok=True)
@@ -238,7 +239,7 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
                         row.notes.append(note)
                         print(f"  ladder {note} ({'; '.join(decision.reasons)})")
                         if decision.action == "promote":
-                            promotions.append(now)
+                            promotions.append((now, learned_until[ladder.state.version]))
                         _reload(http, settings)
             row.p99_ms = float(np.percentile(latencies, 99)) if latencies else float("nan")
             latencies_all += latencies
@@ -267,6 +268,7 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
                                progress=lambda m: print(f"  {m}", flush=True))
                 retrains.append(day_end)
                 sources.append(_dataset_source(result.dataset))
+                learned_until[result.version] = day_end
                 if result.gate_passed:
                     ladder.start(result.version, day_end)
                     ladder.step(day_end)  # shadow starts with the next request, not the next tick
@@ -298,8 +300,8 @@ def summarise(rows: list[DayRow], profile: LoopProfile, *, detected_at, drift_at
         "drift_detected": detected_at is not None,
         "detected_after_hours": (detected_at - drift_at) / timedelta(hours=1) if detected_at else None,
         "retrains": [t.isoformat() for t in retrains],
-        "promotions": [t.isoformat() for t in promotions],
-        "promoted": any(t >= drift_at for t in promotions),  # a model trained after the drift took over
+        "promotions": [at.isoformat() for at, _ in promotions],
+        "promoted": any(until > drift_at for _, until in promotions),  # a model that learned from drifted traffic took over
         "recovered_ratio": last.ctr_expected / pre_ctr if last and pre_ctr else None,
         "ctr_vs_oracle": last.ctr_expected / last.ctr_oracle if last and last.ctr_oracle else None,
         "ctr_vs_popularity": last.ctr_expected / last.ctr_popularity if last and last.ctr_popularity else None,

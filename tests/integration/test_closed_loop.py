@@ -50,18 +50,20 @@ def summary(stack, stack_settings, tmp_path_factory):
 def test_the_drift_is_detected_and_retrains_learn_from_served_impressions(summary):
     assert summary["drift_detected"], summary
     assert summary["retrains"] and set(summary["retrain_sources"]) == {"logged"}, summary  # serving's own logs
-    # Each retrain ends at the gate or goes up the ladder; whether one is promoted, and whether CTR
-    # recovers, is reported, not asserted: at this scale both vary run to run (docs/loop.md).
     notes = [n for day in summary["days"] for n in day["notes"] if n.startswith("retrained")]
     assert len(notes) == len(summary["retrains"]) and all("gate" in n for n in notes), notes
 
 
+def test_a_model_retrained_after_the_drift_is_promoted_and_ctr_recovers(summary):
+    assert summary["promoted"], summary["promotions"]  # a model trained at or after the drift took over
+    # Expected CTR (true click probabilities of the slates served) on the last day vs before the drift.
+    assert summary["recovered_ratio"] >= 0.9, [(d["day"], d["ctr_expected"], d["notes"]) for d in summary["days"]]
+
+
 def test_every_day_is_measured_against_popularity_and_the_oracle(summary):
-    # Recovery to 90 % of the pre-drift CTR is reported (`recovered_ratio`), not asserted: at this
-    # scale it came out 1.10, 0.81 and 0.79 in three runs (docs/loop.md, "Not reliable yet").
     for day in summary["days"]:
         assert 0 < day["ctr_popularity"] < day["ctr_oracle"] and 0 < day["ctr_expected"] < day["ctr_oracle"], day
-    assert summary["recovered_ratio"] > 0 and summary["ctr_vs_oracle"] < 1
+    assert summary["ctr_vs_oracle"] < 1
 
 
 def test_every_served_day_answered_from_the_full_funnel_mostly(summary):

@@ -20,16 +20,16 @@ def rows() -> list[DayRow]:
 def test_the_summary_compares_the_last_day_with_the_days_before_the_drift():
     drift = T0 + timedelta(days=2)
     s = summarise(rows(), PROFILE, detected_at=drift + timedelta(hours=24), drift_at=drift,
-                  retrains=[drift + timedelta(days=1)], promotions=[drift + timedelta(days=1, hours=12)],
+                  retrains=[drift + timedelta(days=1)], promotions=[(drift + timedelta(days=1, hours=12), drift + timedelta(days=1))],
                   latencies=[10.0, 20.0], wall_s=1.0, report="r")
     assert math.isclose(s["recovered_ratio"], 0.95) and s["promoted"] and s["detected_after_hours"] == 24.0
     assert math.isclose(s["ctr_vs_popularity"], 0.095 / 0.08)
     assert "days" not in summary_line(s)
 
 
-def test_a_promotion_before_the_drift_does_not_count_as_recovery_by_retraining():
+def test_promoting_a_model_that_learned_only_from_before_the_drift_does_not_count():
     drift = T0 + timedelta(days=2)
-    s = summarise(rows(), PROFILE, detected_at=None, drift_at=drift, retrains=[], promotions=[drift - timedelta(hours=1)],
+    s = summarise(rows(), PROFILE, detected_at=None, drift_at=drift, retrains=[], promotions=[(drift + timedelta(hours=12), drift)],
                   latencies=[], wall_s=1.0, report="r")
     assert not s["promoted"] and not s["drift_detected"] and s["serving_p99_ms"] is None
 
