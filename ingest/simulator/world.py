@@ -57,6 +57,8 @@ class World:
     def __init__(self, cfg: SimConfig, rng: np.random.Generator):
         self.cfg = cfg
         self._rng = rng
+        # The drifted tastes' favourite categories come from a stream of their own (see add_users).
+        self._drift_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xD21F7]))
         d = cfg.dim
         self.centroids = _unit(rng.standard_normal((cfg.n_categories, d)))
         # Some categories are bigger than others, for items and for users alike.
@@ -96,23 +98,28 @@ class World:
         # Divide by sqrt(dim) so the noise has norm ~scale whatever the dimension.
         return scale * self._rng.standard_normal((n, self.cfg.dim)) / np.sqrt(self.cfg.dim)
 
-    def _tastes(self, n: int) -> np.ndarray:
-        """n unit taste vectors: a mix of two favourite categories (drawn by size) plus personal noise."""
-        cfg, rng = self.cfg, self._rng
-        fav = rng.choice(cfg.n_categories, size=(n, 2), p=self.category_weights)
+    def _tastes(self, n: int, rng: np.random.Generator, noise: np.ndarray | None = None) -> np.ndarray:
+        """n unit taste vectors: a mix of two favourite categories (drawn by size) plus personal noise
+        (drawn from `rng` after the favourites unless given)."""
+        fav = rng.choice(self.cfg.n_categories, size=(n, 2), p=self.category_weights)
         mix = rng.uniform(0.5, 1.0, size=(n, 1))  # weight of the first favourite category
         base = mix * self.centroids[fav[:, 0]] + (1 - mix) * self.centroids[fav[:, 1]]
-        return _unit(base + self._noise(n, cfg.user_spread))
+        if noise is None:
+            noise = self.cfg.user_spread * rng.standard_normal((n, self.cfg.dim)) / np.sqrt(self.cfg.dim)
+        return _unit(base + noise)
 
     def add_users(self, n: int) -> range:
         """Append n users; returns their indices."""
         cfg, rng = self.cfg, self._rng
         first = self.n_users
-        vec = self._tastes(n)
+        vec = self._tastes(n, rng)
         # Drift target: a second taste drawn like the first (usually other favourites), so the drifted
         # population is distributed as before and a policy's CTR after the drift is comparable with its
-        # CTR before. Drawn even when drift is off, so configs differing only in drift share the same world.
-        target = self._tastes(n)
+        # CTR before. Drawn even when drift is off, so configs differing only in drift share the same
+        # world. The main stream draws what the first drift model drew (a category, then noise), so
+        # every world keeps the geometry and traffic it had; the favourites come from `_drift_rng`.
+        rng.integers(0, cfg.n_categories, size=n)
+        target = self._tastes(n, self._drift_rng, self._noise(n, cfg.user_spread))
         s = cfg.drift_strength
         drifted = _unit((1 - s) * vec + s * target)
         activity = rng.lognormal(0.0, 1.0, size=n)
