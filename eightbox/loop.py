@@ -295,6 +295,11 @@ def summarise(rows: list[DayRow], profile: LoopProfile, *, detected_at, drift_at
     pre = [r.ctr_expected for r in rows if r.day < profile.drift_day]
     last = rows[-1] if rows else None
     pre_ctr = float(np.mean(pre)) if pre else float("nan")
+    # "After recovery": the days served wholly after a model that learned from drifted traffic took
+    # over (the last day when none did, or none is whole yet).
+    took_over = min((at for at, until in promotions if until > drift_at), default=None)
+    after = [r for r in rows if took_over is not None
+             and datetime.fromisoformat(r.date).replace(tzinfo=took_over.tzinfo) >= took_over] or rows[-1:]
     return {
         "days": [asdict(r) | {"ctr": r.ctr} for r in rows],
         "drift_detected": detected_at is not None,
@@ -302,7 +307,8 @@ def summarise(rows: list[DayRow], profile: LoopProfile, *, detected_at, drift_at
         "retrains": [t.isoformat() for t in retrains],
         "promotions": [at.isoformat() for at, _ in promotions],
         "promoted": any(until > drift_at for _, until in promotions),  # a model that learned from drifted traffic took over
-        "recovered_ratio": last.ctr_expected / pre_ctr if last and pre_ctr else None,
+        "recovered_ratio": float(np.mean([r.ctr_expected for r in after])) / pre_ctr if after and pre_ctr else None,
+        "recovery_days": [r.day for r in after],
         "ctr_vs_oracle": last.ctr_expected / last.ctr_oracle if last and last.ctr_oracle else None,
         "ctr_vs_popularity": last.ctr_expected / last.ctr_popularity if last and last.ctr_popularity else None,
         "serving_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,

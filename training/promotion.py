@@ -10,7 +10,9 @@ A candidate that passed the offline gate (`registry.propose`) holds the ``challe
   its arm with the champion's on the same hours: CTR may not fall more than ``max_ctr_drop``
   (relative, and significantly: a one-sided z-test at ``guardrail_confidence``), error rate and
   p99 latency have ceilings. A breach rolls back at once: the challenger
-  loses its alias and traffic, and is tagged refused with the reason.
+  loses its alias and traffic, and is tagged refused with the reason. At the end of the window a
+  challenger is promoted only if its CTR is at most ``max_ctr_drop`` below the champion's; one that
+  looks worse without a significant gap runs on to ``canary_max_hours``, then is rejected.
 - **champion**: promoted; the previous champion keeps ``holdback_share`` of users for
   ``holdback_hours``, so the promotion's effect stays measurable. A guardrail breach of the new
   champion against the holdback in that time rolls the registry back.
@@ -36,6 +38,9 @@ Action = Literal["wait", "start_shadow", "start_canary", "promote", "end_holdbac
 class LadderConfig:
     shadow_hours: float = 6.0
     canary_hours: float = 12.0
+    # A canary that looks worse than the champion beyond `max_ctr_drop`, but not significantly, runs on
+    # until this many hours (default: twice `canary_hours`); if it still looks worse, it is rejected.
+    canary_max_hours: float = math.nan
     holdback_hours: float = 24.0
     canary_share: float = 0.2
     holdback_share: float = 0.05
@@ -52,6 +57,10 @@ class LadderConfig:
     max_error_rate: float = 0.01
 
     def __post_init__(self) -> None:
+        if math.isnan(self.canary_max_hours):
+            object.__setattr__(self, "canary_max_hours", 2 * self.canary_hours)
+        if self.canary_max_hours < self.canary_hours:
+            raise ValueError("canary_max_hours must be at least canary_hours")
         if not 0.5 <= self.guardrail_confidence < 1:
             raise ValueError("guardrail_confidence must be in [0.5, 1)")
         if not (0 < self.canary_share < 1 and 0 <= self.holdback_share < 1):
@@ -176,8 +185,17 @@ def decide(state: LadderState, evidence: Evidence, now: datetime, cfg: LadderCon
             return Decision("wait", (f"canary {hours:.1f}/{cfg.canary_hours:g} h",))
         if min(evidence.challenger.impressions, evidence.champion.impressions) < cfg.min_arm_impressions:
             return Decision("wait", (f"canary needs {cfg.min_arm_impressions} impressions per arm",))
-        return Decision("promote", (f"canary CTR {evidence.challenger.ctr:.4f} vs champion "
-                                    f"{evidence.champion.ctr:.4f}",))
+        said = f"canary CTR {evidence.challenger.ctr:.4f} vs champion {evidence.champion.ctr:.4f}"
+        drop = 1 - evidence.challenger.ctr / evidence.champion.ctr if evidence.champion.ctr > 0 else 0.0
+        if drop <= cfg.max_ctr_drop:
+            return Decision("promote", (said,))
+        # Worse beyond the margin, but not significantly: inconclusive. More traffic may settle it; a
+        # challenger that still looks worse at the end does not replace the champion.
+        if hours < cfg.canary_max_hours:
+            return Decision("wait", (f"{said}: {drop:.1%} lower, not significant; canary extended to "
+                                     f"{cfg.canary_max_hours:g} h",))
+        return Decision("reject", (f"{said}: still {drop:.1%} lower after {hours:.1f} h (not significant, "
+                                   "but a challenger must not look worse to replace the champion)",))
     if state.rung == "champion":
         if breaches := guardrail_breaches(evidence.challenger, evidence.champion, cfg, ("new champion", "holdback")):
             return Decision("rollback", tuple(breaches))

@@ -17,14 +17,24 @@ def rows() -> list[DayRow]:
                    ctr_oracle=0.2, p99_ms=30.0, notes=["01-04 12:00 v2: canary → champion"])]
 
 
-def test_the_summary_compares_the_last_day_with_the_days_before_the_drift():
+def test_with_no_whole_day_after_the_takeover_the_summary_compares_the_last_day_with_before_the_drift():
     drift = T0 + timedelta(days=2)
     s = summarise(rows(), PROFILE, detected_at=drift + timedelta(hours=24), drift_at=drift,
                   retrains=[drift + timedelta(days=1)], promotions=[(drift + timedelta(days=1, hours=12), drift + timedelta(days=1))],
                   latencies=[10.0, 20.0], wall_s=1.0, report="r")
     assert math.isclose(s["recovered_ratio"], 0.95) and s["promoted"] and s["detected_after_hours"] == 24.0
     assert math.isclose(s["ctr_vs_popularity"], 0.095 / 0.08)
-    assert "days" not in summary_line(s)
+    assert "\"days\"" not in summary_line(s)
+
+
+def test_recovery_is_the_mean_of_the_days_served_wholly_after_a_post_drift_model_took_over():
+    drift = T0 + timedelta(days=2)  # day 2 (2024-01-03)
+    days = rows() + [DayRow(4, "2024-01-05", ctr_expected=0.09), DayRow(5, "2024-01-06", ctr_expected=0.11)]
+    # Trained on day 3 (after the drift), promoted at noon on day 3: days 4 and 5 are "after recovery".
+    s = summarise(days, LoopProfile(days=5, drift_day=2), detected_at=None, drift_at=drift, retrains=[],
+                  promotions=[(drift + timedelta(hours=12), drift), (T0 + timedelta(days=3, hours=12), T0 + timedelta(days=4))],
+                  latencies=[], wall_s=1.0, report="r")
+    assert s["recovery_days"] == [4, 5] and math.isclose(s["recovered_ratio"], 1.0) and s["promoted"]
 
 
 def test_promoting_a_model_that_learned_only_from_before_the_drift_does_not_count():

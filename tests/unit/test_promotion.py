@@ -56,6 +56,17 @@ def test_a_ctr_gap_beyond_the_margin_that_noise_explains_is_no_breach():
     assert d.action == "reject" and "significant" in d.reasons[0]
 
 
+def test_a_canary_that_looks_worse_without_significance_runs_on_and_then_is_rejected():
+    ev = Evidence(champion=arm(500, 50), challenger=arm(500, 42))  # 16 % lower, z = -0.88
+    s = LadderState("7", "canary", T0)
+    d = decide(s, ev, at(12), CFG)
+    assert d.action == "wait" and "extended to 24 h" in d.reasons[0]
+    d = decide(s, ev, at(24), CFG)
+    assert d.action == "reject" and "still 16.0% lower" in d.reasons[0]
+    better = Evidence(champion=arm(500, 50), challenger=arm(500, 47))  # 6 % lower: within the margin
+    assert decide(s, better, at(12), CFG).action == "promote"
+
+
 def test_a_ctr_guardrail_is_not_judged_on_too_little_traffic():
     ev = Evidence(champion=arm(4000, 400), challenger=arm(100, 2))
     assert decide(LadderState("7", "canary", T0), ev, at(3), CFG).action == "wait"
