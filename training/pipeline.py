@@ -241,7 +241,9 @@ def train(settings: Settings, config: TrainConfig | None = None, progress: Progr
             history=inter[(inter["kind"] == "engage") & (inter["event_time"] < windows.test.start)]),
         progress, retrieval=retrieval_judged)
     verdict = registry.propose(settings, version, cfg.thresholds, model_name=cfg.model_name,
-                               champion_metrics=same_window)
+                               champion_metrics=same_window,
+                               basis="champion on this test window" + ("" if retrieval_judged else
+                                     ", rankers only (it served this window: its retrieval is judged online)"))
     aliases = ["challenger"] if verdict.passed else []
     if verdict.passed and (cfg.promote == "if-gate" or (cfg.promote == "if-first" and first)):
         registry.promote(settings, version, model_name=cfg.model_name)

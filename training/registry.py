@@ -231,19 +231,21 @@ def alias_version(settings: Settings, alias: str, model_name: str = MODEL_NAME) 
 
 
 def propose(settings: Settings, version: str | int, thresholds: GateThresholds,
-            model_name: str = MODEL_NAME, champion_metrics: Mapping[str, float] | None = None) -> GateResult:
+            model_name: str = MODEL_NAME, champion_metrics: Mapping[str, float] | None = None,
+            basis: str = "champion on this test window") -> GateResult:
     """Gate `version` (its run's metrics) against the current champion's; with no champion, floors and
     ceilings alone decide. On a pass, alias ``challenger`` moves to `version`; on a refusal no alias
     moves. Either way the verdict, reasons, compared champion and thresholds become version tags.
     `champion_metrics`: the champion measured on the candidate's own test window (the fair exam);
-    None compares with the metrics logged by the champion's own run (tag ``gate.champion_basis``)."""
+    None compares with the metrics logged by the champion's own run (tag ``gate.champion_basis``, which
+    says `basis` otherwise)."""
     version = str(version)
     with _mlflow(settings) as client:
         candidate = client.get_run(client.get_model_version(model_name, version).run_id).data.metrics
         champ = _alias_version(client, model_name, CHAMPION)
         if champ is not None and champion_metrics is not None:
             champ_metrics = dict(champion_metrics)
-            client.set_model_version_tag(model_name, version, Tag.GATE_BASIS, "champion on this test window")
+            client.set_model_version_tag(model_name, version, Tag.GATE_BASIS, basis)
         else:
             champ_metrics = client.get_run(champ.run_id).data.metrics if champ else None
             if champ is not None:
