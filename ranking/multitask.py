@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from .calibration import Calibrator, choose_calibrator, expected_calibration_error, log_loss
+from .calibration import EPS, Calibrator, choose_calibrator, expected_calibration_error, log_loss
 
 LABELS: dict[str, str] = {"click": "click", "engaged": "engaged", "value": "value"}  # head -> label column
 OUTPUTS: dict[str, str] = {"click": "p_click", "engaged": "p_engaged", "value": "value"}  # head -> predict column
@@ -273,8 +273,8 @@ def _auc_se(auc: float, n_pos: int, n_neg: int) -> float:
 
 
 def _logloss_se(y: np.ndarray, p: np.ndarray) -> float:
-    """Standard error of the mean log loss (per-row losses' spread over sqrt(rows))."""
-    p = np.clip(np.asarray(p, dtype=float), 1e-15, 1 - 1e-15)
+    """Standard error of the mean log loss (per-row losses' spread over sqrt(rows)), clipped as `log_loss` is."""
+    p = np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)
     losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
     return float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else float("nan")
 

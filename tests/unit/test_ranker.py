@@ -249,3 +249,14 @@ def test_on_simulated_traffic_calibrated_click_ece_is_under_0_02_on_a_later_wind
     served = r.predict(test)["p_click"]
     assert served.mean() > test.click.mean()  # scored at the top position, above the logged rate
     assert expected_calibration_error(test.click, r.predict(test, position="logged")["p_click"]) == m["ece"]
+
+
+def test_auc_and_log_loss_standard_errors_follow_their_formulas():
+    from eightbox.ranking.multitask import _auc_se, _logloss_se
+
+    # Hanley & McNeil (1982): AUC 0.8 on 50 positives and 50 negatives has a standard error of 0.0445.
+    assert abs(_auc_se(0.8, 50, 50) - 0.0445) < 5e-4
+    assert _auc_se(0.8, 500, 500) < _auc_se(0.8, 50, 50) / 3 and np.isnan(_auc_se(0.8, 0, 10))
+    y, p = np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.9, 0.2, 0.6, 0.4])
+    losses = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert np.isclose(_logloss_se(y, p), losses.std(ddof=1) / 2)

@@ -53,3 +53,11 @@ def test_metrics_refuse_a_nonpositive_k_and_mismatched_lengths():
         recall_at_k([["a"]], [{"a"}], k=0)
     with pytest.raises(ValueError, match="relevant sets"):
         ndcg_at_k([["a"], ["b"]], [{"a"}], k=1)
+
+
+def test_recall_values_are_per_user_and_their_standard_error_is_of_the_mean():
+    from eightbox.training.topk_metrics import recall_values, standard_error
+
+    values = recall_values([["a", "b"], ["c"], ["x"]], [{"a"}, {"c", "d"}, set()], k=2)
+    assert values == [1.0, 0.5]  # the user with nothing relevant is skipped, as in recall_at_k
+    assert abs(standard_error(values) - 0.25) < 1e-12 and math.isnan(standard_error([1.0]))  # one value: no spread
