@@ -270,8 +270,9 @@ def run_demo(settings: Settings, quick: bool = False, seed: int | None = None) -
 
 
 def _day_zero(settings: Settings, profile, job_id: str):
-    """Boxes 1-6 on the world before Eightbox: a popularity policy's day of traffic, published,
-    archived, featurised, trained on; the first model becomes champion. Returns (market, the
+    """Boxes 1-6 on the world before Eightbox: a popularity policy's traffic up to the end of day 0
+    (`profile.history_days` of it), published, archived, featurised, trained on; the first model
+    becomes champion. Returns (market, the
     day's actions still in its future: they go through /events when their time comes)."""
     from eightbox.ingest import lake
     from eightbox.ingest.archiver import LakeArchiver
@@ -280,14 +281,16 @@ def _day_zero(settings: Settings, profile, job_id: str):
     from eightbox.ingest.simulator import Marketplace, SimConfig
 
     header(*BOXES[0])
+    history = timedelta(days=profile.history_days)
     config = SimConfig(seed=profile.seed, sessions_per_hour=profile.sessions_per_hour,
+                       start=SIM_START + timedelta(days=1) - history,
                        drift_at=SIM_START + timedelta(days=profile.drift_day),
                        drift_strength=profile.drift_strength, **profile.world)
     market = Marketplace(config)
-    events = [*market.bootstrap_events(), *market.simulate(hours=24.0)]
-    print(f"  simulated marketplace: {config.n_users} users, {config.n_items} items; day 0 under a "
-          f"popularity policy → {len(events)} events (drift of strength {profile.drift_strength:g} "
-          f"on day {profile.drift_day})")
+    events = [*market.bootstrap_events(), *market.simulate(hours=history / timedelta(hours=1))]
+    print(f"  simulated marketplace: {config.n_users} users, {config.n_items} items; {profile.history_days} "
+          f"day(s) up to day 0 under a popularity policy → {len(events)} events (drift of strength "
+          f"{profile.drift_strength:g} on day {profile.drift_day})")
     publish_events(settings, events, label="day 0 traffic")
     print("  lake archiver (consumer group) → Parquet, exactly once")
     n = LakeArchiver(settings).run(idle_exit_s=3.0)
@@ -305,7 +308,7 @@ def _day_zero(settings: Settings, profile, job_id: str):
         table = lake.read_events(settings.lake_dir, event_type)
         print(f"  {event_type:<18} {table.num_rows:>8} rows")
     # Day 0 always: the first training joins these daily tables point in time (no logged features yet).
-    _backfill_and_materialize(settings, SIM_START.date(), SIM_START.date())
+    _backfill_and_materialize(settings, config.start.date(), SIM_START.date())
 
     header(*BOXES[3])
     result = _train(settings, profile.tower_epochs)

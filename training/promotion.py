@@ -4,7 +4,8 @@ A candidate that passed the offline gate (`registry.propose`) holds the ``challe
 
 - **shadow**: for ``shadow_hours`` serving scores the challenger beside the champion on champion
   traffic and shows none of it. Passing means it answered (enough shadowed requests), its scores are
-  not degenerate, its latency is within ``max_latency_ratio`` of the champion's, and its score
+  not degenerate, its p99 latency is within ``max_latency_ratio`` of the champion's (or under
+  ``latency_floor_ms``, the serving SLO), and its score
   distribution is not wildly off the champion's (``max_score_psi``: catches a broken model, not drift).
 - **canary**: ``canary_share`` of users see the challenger for ``canary_hours``. Guardrails compare
   its arm with the champion's on the same hours: CTR may not fall more than ``max_ctr_drop``
@@ -49,7 +50,11 @@ class LadderConfig:
     # Challenger vs champion score PSI in shadow. Off by default: two honest models trained on different
     # windows (a drift in between) routinely differ by PSI > 1; degenerate scores and latency catch breakage.
     max_score_psi: float = math.inf
-    max_latency_ratio: float = 2.0  # challenger p99 / champion p99 (shadow and canary)
+    max_latency_ratio: float = 2.0  # challenger p99 / champion p99 (shadow and canary)...
+    # ...once the challenger's p99 is above this: under the serving SLO a slower model costs no user
+    # anything, and on a busy 2-core box a few dozen requests' p99 swings 2× (a healthy challenger at
+    # 39 ms against 18 ms was rolled back in the closed loop's test).
+    latency_floor_ms: float = 50.0
     max_ctr_drop: float = 0.10  # relative, arm vs arm on the same hours
     # ...and significant: the arm on trial's CTR is below the base arm's at this one-sided confidence
     # (pooled two-proportion z-test). A 10 % gap on a few hundred impressions is mostly noise.
@@ -134,7 +139,7 @@ def shadow_breaches(ev: ShadowStats, cfg: LadderConfig) -> list[str]:
     if ev.score_psi > cfg.max_score_psi:
         out.append(f"challenger vs champion score PSI {ev.score_psi:.3f} > {cfg.max_score_psi}")
     ratio = ev.challenger_p99_ms / ev.champion_p99_ms if ev.champion_p99_ms > 0 else math.nan
-    if ratio > cfg.max_latency_ratio:
+    if ratio > cfg.max_latency_ratio and ev.challenger_p99_ms > cfg.latency_floor_ms:
         out.append(f"challenger p99 {ev.challenger_p99_ms:.1f} ms is {ratio:.1f}× the champion's "
                    f"(max {cfg.max_latency_ratio}×)")
     return out
@@ -145,7 +150,7 @@ def guardrail_breaches(trial: ArmStats, base: ArmStats, cfg: LadderConfig, names
     out = []
     if trial.error_rate > cfg.max_error_rate:
         out.append(f"{names[0]} error rate {trial.error_rate:.2%} > {cfg.max_error_rate:.2%}")
-    if trial.p99_ms > cfg.max_latency_ratio * base.p99_ms:
+    if trial.p99_ms > max(cfg.max_latency_ratio * base.p99_ms, cfg.latency_floor_ms):
         out.append(f"{names[0]} p99 {trial.p99_ms:.1f} ms > {cfg.max_latency_ratio}× {names[1]}'s {base.p99_ms:.1f} ms")
     if min(trial.impressions, base.impressions) >= cfg.min_arm_impressions and base.ctr > 0:
         drop = 1 - trial.ctr / base.ctr

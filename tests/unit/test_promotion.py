@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from eightbox.training.promotion import (ArmStats, Evidence, LadderConfig, LadderState, ShadowStats, decide,
-                                         experiment_for)
+                                         experiment_for, guardrail_breaches)
 
 T0 = datetime(2024, 1, 5, tzinfo=timezone.utc)
 CFG = LadderConfig(shadow_hours=6, canary_hours=12, holdback_hours=24, min_shadow_requests=50,
@@ -34,11 +34,19 @@ def test_shadow_waits_for_its_window_and_enough_requests_then_goes_to_canary():
 @pytest.mark.parametrize("shadow, words", [
     (ShadowStats(requests=80, score_psi=0.1, challenger_p99_ms=10, champion_p99_ms=10, distinct_scores=1), "same score"),
     (ShadowStats(requests=80, score_psi=3.0, challenger_p99_ms=10, champion_p99_ms=10, distinct_scores=99), "PSI"),
-    (ShadowStats(requests=80, score_psi=0.1, challenger_p99_ms=50, champion_p99_ms=10, distinct_scores=99), "p99"),
+    (ShadowStats(requests=80, score_psi=0.1, challenger_p99_ms=120, champion_p99_ms=10, distinct_scores=99), "p99"),
 ])
 def test_a_broken_shadow_is_rejected_at_once_with_the_reason(shadow, words):
     d = decide(LadderState("7", "shadow", T0), Evidence(shadow=shadow), at(1), CFG)
     assert d.action == "reject" and words in " ".join(d.reasons)
+
+
+def test_a_slower_model_under_the_latency_floor_is_no_breach():
+    # 2.2x the champion's p99, but 39 ms is within the 50 ms SLO: noise on a busy box, not a breach.
+    slower = ShadowStats(requests=80, score_psi=0.1, challenger_p99_ms=39, champion_p99_ms=18, distinct_scores=99)
+    assert decide(LadderState("7", "shadow", T0), Evidence(shadow=slower), at(6), CFG).action == "start_canary"
+    assert guardrail_breaches(arm(1000, 100, p99=39), arm(1000, 100, p99=18), CFG) == []
+    assert "p99" in guardrail_breaches(arm(1000, 100, p99=80), arm(1000, 100, p99=18), CFG)[0]
 
 
 def test_a_canary_that_loses_ctr_beyond_the_guardrail_is_rejected():
