@@ -6,7 +6,7 @@ sink: records become visible to read_committed consumers when the checkpoint tha
 completes) → pusher (`eightbox.cli features push`, read_committed, Feast push) → Redis. The read side
 is `OnlineReader` (Feast's own Redis keys and value encoding, one pipelined HMGET per poll; at the
 end a sample is checked against `FeatureStore.get_online_features`). Every measured click is on an
-item of its own, so "visible" means: `item_clicks_15m` of that item is no longer empty.
+item of its own, so "visible" means: `item_clicks_15m` of that item is no longer 0.
 
 What bounds it (reported separately in the JSON):
 - `window_wait`: a click at event time t counts first in the window [end − 15 min, end) with
@@ -108,7 +108,7 @@ def run(settings: Settings, quick: bool = False, keep_stack: bool = False) -> di
         producer.publish(ItemClicked(event_time=now()[1], user_id="fbwarm", item_id=warm))
         producer.flush()
     deadline = time.monotonic() + 180
-    while reader.read_rows({"item_id": [warm]})["item_clicks_15m"][0] is None:
+    while not reader.read_rows({"item_id": [warm]})["item_clicks_15m"][0]:  # 0: not counted yet
         if time.monotonic() > deadline:
             raise RuntimeError("bench freshness: nothing became visible within 180 s of warm-up")
         time.sleep(0.2)
@@ -128,7 +128,7 @@ def run(settings: Settings, quick: bool = False, keep_stack: bool = False) -> di
                 values = reader.read_rows({"item_id": [items[k] for k in pending]})["item_clicks_15m"]
                 t = time.time()
                 for k, v in zip(pending, values):
-                    if v is not None:
+                    if v:  # each item has one click: visible once its count is not 0
                         visible_at[k] = t
             time.sleep(0.05)
 

@@ -11,7 +11,10 @@ parse instead of a pipeline of hundreds (0.23 ms of client CPU for 420 item rows
 pipelined, on the bench world). Redis runs a script without serving other clients meanwhile, so
 callers read large sets in chunks (the popularity board: 2,000 items). Values are decoded exactly as
 Feast decodes them (`ValueProto` → `feast_value_type_to_python_type`), so the result equals
-`get_online_features(...).to_dict()`; a decoded row is remembered by its raw bytes. Optionally
+`get_online_features(...).to_dict()` except for one rule Feast's online read lacks: a session count
+whose row is no longer current (`specs.current_for`, against the stream's clock,
+`features.stream_time`) reads 0, as the offline join gives it. A decoded row is remembered by its
+raw bytes. Optionally
 (`cache_s`) the rows of single-key entities such as items are kept for a few seconds, and
 `read_nonzero` reads one sparse column (only stored non-zero values come back).
 Feast stays the owner of definitions, materialization and the key layout.
@@ -25,11 +28,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import redis
 from feast import FeatureService
+from google.protobuf.timestamp_pb2 import Timestamp
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
+from eightbox.features import specs, stream_time
 from eightbox.settings import Settings
 
 __all__ = ["OnlineReader"]
@@ -53,15 +58,17 @@ end
 return out
 """
 
-# KEYS: entity keys. ARGV: one field, and the stored bytes of a zero. Returns (KEYS index - 1, value)
-# pairs, flattened, for the keys whose field is stored and not zero: a sparse column in one command.
+# KEYS: entity keys. ARGV: one field, the stored bytes of a zero, and the field's view's _ts field.
+# Returns (KEYS index - 1, value, timestamp) triples, flattened, for the keys whose field is stored and
+# not zero: a sparse column in one command.
 _NONZERO = """
-local out, field, zero = {}, ARGV[1], ARGV[2]
+local out, field, zero, ts = {}, ARGV[1], ARGV[2], ARGV[3]
 for i, key in ipairs(KEYS) do
   local v = redis.call('HGET', key, field)
   if v and v ~= zero then
     out[#out + 1] = i - 1
     out[#out + 1] = v
+    out[#out + 1] = redis.call('HGET', key, ts)
   end
 end
 return out
@@ -137,6 +144,10 @@ class OnlineReader:
         for g in self.groups:
             g.ttl_s = float((cache_s or {}).get(g.join_keys[0], 0.0)) if len(g.join_keys) == 1 else 0.0
         self.clock = clock
+        # Session counts lapse (`specs.current_for`), judged against the stream's clock.
+        self.current_s = {v: c.total_seconds() for g in self.groups for v, *_ in g.slices
+                          if (c := specs.current_for(v)) is not None}
+        self._stream_clock: tuple[float, dict[str, float]] = (float("-inf"), {})
         self.join_keys = sorted({k for g in self.groups for k in g.join_keys})
         self._keys: dict[tuple, bytes] = {}
         self._decoded: dict[Any, dict[bytes, Any]] = {t: {} for t in set(self.feature_types.values())}
@@ -216,11 +227,36 @@ class OnlineReader:
                 decoded = read
             by_field = list(zip(*decoded)) or [()] * len(g.fields)  # per field: one value per unique entity
             unique = len(decoded) == len(row_to_unique)  # then row i is unique entity i
-            for _view, names, first, _ts in g.slices:
+            for view, names, first, ts_at in g.slices:
+                lapsed = self._lapsed(view, by_field[ts_at])
                 for j, name in enumerate(names):
                     values = by_field[first + j]
+                    if lapsed is not None:
+                        values = [0 if gone else v for v, gone in zip(values, lapsed)]
                     out[name] = list(values) if unique else [values[u] for u in row_to_unique]
         return out
+
+    def stream_clock(self, view: str) -> float | None:
+        """The stream's clock for `view` (epoch seconds; `features.stream_time`), re-read at most
+        once a second; None before the pusher has written the table."""
+        read_at, clocks = self._stream_clock
+        now = self.clock()
+        if now - read_at >= 1.0:
+            clocks = stream_time.read(self.client, self.project)
+            self._stream_clock = (now, clocks)
+        return clocks.get(view)
+
+    def _lapsed(self, view: str, stamps: Sequence[float | None]) -> list[bool] | None:
+        """Per entity, whether its count is no longer current (absent, or stamped more than
+        `specs.current_for` before the stream's clock, or before the newest stamp read here when
+        the clock is unknown); None for views whose values never lapse."""
+        current = self.current_s.get(view)
+        if current is None:
+            return None
+        known = [t for t in stamps if t is not None]
+        clock = max([c for c in (self.stream_clock(view), max(known, default=None)) if c is not None],
+                    default=None)
+        return [t is None or clock - t > current for t in stamps]
 
     def read_nonzero(self, join_key: str, values: Sequence[str], feature: str) -> dict[int, Any]:
         """{index in `values`: value} for the entities whose `feature` (of a view keyed by
@@ -234,18 +270,21 @@ class OnlineReader:
         if not values:
             return {}
         ftype = g.types[at]
+        view, _names, _first, ts_at = next(sl for sl in g.slices if sl[2] <= at < sl[3])
         zero = python_values_to_proto_values([0], ftype)[0].SerializeToString()
         keys = [self.redis_key(g.join_keys, (v,)) for v in values]
-        flat = self._nonzero(keys=keys, args=[g.fields[at], zero])
-        return {int(i): self._decode(raw, ftype) for i, raw in zip(flat[::2], flat[1::2])}
+        flat = self._nonzero(keys=keys, args=[g.fields[at], zero, g.fields[ts_at]])
+        found = list(zip(flat[::3], flat[1::3], flat[2::3]))
+        lapsed = self._lapsed(view, [None if ts is None else _seconds(ts) for *_, ts in found]) or [False] * len(found)
+        return {int(i): self._decode(raw, ftype) for (i, raw, _), gone in zip(found, lapsed) if not gone}
 
     def _decode_row(self, g: _Group, reply: list) -> tuple:
-        """One HMGET reply's values decoded (None where absent; _ts fields are not decoded), from the
-        group's row cache when the same bytes were decoded before."""
+        """One HMGET reply's values decoded (None where absent; _ts fields as epoch seconds), from
+        the group's row cache when the same bytes were decoded before."""
         raw = tuple(reply)
         row = g.rows.get(raw)
         if row is None:
-            row = tuple(None if value is None or ftype is None else self._decode(value, ftype)
+            row = tuple(None if value is None else _seconds(value) if ftype is None else self._decode(value, ftype)
                         for value, ftype in zip(raw, g.types))
             if not _mutable(row):  # mutable rows: decoded afresh
                 if len(g.rows) >= _CACHE_LIMIT:
@@ -270,6 +309,13 @@ class OnlineReader:
 
 
 _MISS = object()
+
+
+def _seconds(raw: bytes) -> float:
+    """A stored `_ts:<view>` field (a protobuf Timestamp) as epoch seconds."""
+    ts = Timestamp()
+    ts.ParseFromString(raw)
+    return ts.seconds + ts.nanos / 1e9
 
 
 def _mutable(row: tuple) -> bool:

@@ -4,7 +4,8 @@ The one way to join features onto labelled examples. Each row of `entity_df` car
 the column `LABEL_TIME`; it gets, per feature view, the latest row with
 ``event_timestamp < label time`` (the rule in `features/specs.py`) and nothing newer. Feast's own
 as-of join keeps rows with ``event_timestamp <= t``; asking it for ``t = label time - 1 ns`` (every
-timestamp here is whole nanoseconds) turns that into the strict rule.
+timestamp here is whole nanoseconds) turns that into the strict rule. Session counts lapse (`specs.current_for`, the views' Feast TTL): with no row
+current at the label time the count is 0, as `features.online.OnlineReader` serves it.
 
 There is deliberately no other join here: no "latest value" lookup keyed on ids alone, because a
 join without time leaks the future into training (a click's own count, or later ones, in its
@@ -18,7 +19,7 @@ from typing import Sequence, Union
 
 import pandas as pd
 
-from eightbox.features.specs import TIMESTAMP
+from eightbox.features.specs import TIMESTAMP, current_for
 from eightbox.settings import Settings
 
 __all__ = ["LABEL_TIME", "historical_features"]
@@ -99,6 +100,10 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame, features_or
     joined = rows.merge(result, on=[*keys, LABEL_TIME], how="left", validate="many_to_one")
     for c in feature_cols:
         out[c] = joined[c].values
+    for view, names in features_by_view:  # a session count with no current row is 0 (specs.current_for)
+        if current_for(view.name) is not None:
+            for n in names:
+                out[n] = out[n].fillna(0)
     return out
 
 

@@ -98,14 +98,19 @@ def parse_update(raw: bytes | str | dict) -> tuple[str, dict[str, Any]]:
     return table, row
 
 
-def push_rows(settings: Settings, store, rows_by_table: dict[str, list[dict]], batch_name: str) -> int:
-    """Write one batch offline (Parquet, file `batch_name`) and online (Feast push); returns rows pushed."""
+def push_rows(settings: Settings, store, rows_by_table: dict[str, list[dict]], batch_name: str,
+              redis_client=None) -> int:
+    """Write one batch offline (Parquet, file `batch_name`) and online (Feast push), then move the
+    stream's clock (`stream_time`) to the batch's newest rows; returns rows pushed."""
+    import redis
     from feast.data_source import PushMode
 
+    from eightbox.features import stream_time
     from eightbox.features.repo.definitions import STREAMING_TABLES, push_source_name
     from eightbox.features.store import write_offline
 
     n = 0
+    newest: dict = {}
     for table, rows in rows_by_table.items():
         if table not in STREAMING_TABLES:
             log.warning("feature update for %s, which has no push source: %d rows skipped", table, len(rows))
@@ -118,7 +123,11 @@ def push_rows(settings: Settings, store, rows_by_table: dict[str, list[dict]], b
         latest = (df.sort_values(specs.TIMESTAMP, kind="stable")
                   .drop_duplicates(keys, keep="last", ignore_index=True))
         store.push(push_source_name(table), latest, to=PushMode.ONLINE)
+        newest[table] = pd.Timestamp(df[specs.TIMESTAMP].max()).to_pydatetime()
         n += len(df)
+    if newest:  # after the values: a reader never sees a clock ahead of the counts it judges
+        stream_time.advance(redis_client or redis.Redis.from_url(settings.redis_address),
+                            store.config.project, newest)
     return n
 
 
@@ -139,8 +148,11 @@ def run_pusher(settings: Settings, stop: threading.Event | Callable[[], bool], *
     from eightbox.features.store import get_store
     from eightbox.ingest.schema import FEATURE_UPDATES
 
+    import redis
+
     should_stop = stop.is_set if isinstance(stop, threading.Event) else stop
     store = store or get_store(settings)
+    clock = redis.Redis.from_url(settings.redis_address)  # the stream's clock (features/stream_time.py)
     own_consumer = consumer is None
     if consumer is None:
         from kafka import KafkaConsumer
@@ -177,7 +189,7 @@ def run_pusher(settings: Settings, stop: threading.Event | Callable[[], bool], *
                         continue
                     rows_by_table.setdefault(table, []).append(row)
             try:
-                n = push_rows(settings, store, rows_by_table, _batch_name(polled))
+                n = push_rows(settings, store, rows_by_table, _batch_name(polled), clock)
                 if bad and dead_letters is not None:
                     dead_letters.flush()
             except Exception:  # Redis, Kafka or disk trouble: rewind, so the batch is redelivered, and retry

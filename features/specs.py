@@ -6,6 +6,9 @@ a hopping window of length `size` that advances by `slide` covers event times
 Unix epoch) and holds at least one event; its value is stamped ``event_timestamp = end`` — the
 first instant at which the value is known. A training example labelled at time t sees, per
 entity, the latest row with ``event_timestamp < t`` and nothing newer.
+
+A window without events is never emitted, so a streaming count's row is the entity's count only
+for a while (`current_for`): afterwards the count is 0, online and offline alike.
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ STREAMING = (
     WindowedCount("item_impressions_15m", ("item_id",), ("impression_served",), 15 * MINUTE, MINUTE,
                   "item_session"),
 )
+
+def current_for(table: str) -> timedelta | None:
+    """How long a row of a `STREAMING` table, stamped at its window's end, stays the entity's count
+    (None for other tables: daily rows hold until the next day's, and the last engaged items never
+    lapse). Two slides: had the next window held an event, its row would have replaced this one a
+    slide later; the second slide is grace for the stream's lag (watermark, commit, push: seconds).
+    After that the count is 0, not the last non-empty window's: "clicks in the last 15 minutes" of an
+    item last clicked yesterday is 0."""
+    slides = {spec.slide for spec in STREAMING if spec.table == table}
+    return 2 * slides.pop() if slides else None
+
 
 # Daily features: the Spark backfill computes one row per entity per day that had events in range.
 DAILY = tuple(

@@ -11,8 +11,12 @@ names below are the same objects for the environment's settings, so the Feast CL
 - versioned FeatureServices: a model version pins the service it was trained with, and a change of its
   feature list is a new service name (``ranker_v2``), never an edit of ``ranker_v1``.
 
-No TTL: a training row sees the latest value before its label time however old, exactly as the online
-store (which keeps the latest value per key) serves it.
+TTL: none for the daily and last-engaged tables (a training row sees the latest value before its
+label time however old, as the online store, which keeps the latest value per key, serves it). The
+session counts' views have `specs.current_for` (two slides): a row older than that is no count of
+the last 15 or 30 minutes. Feast drops such rows from the offline join (`point_in_time` then reads
+the count as 0); Feast's online read ignores TTL, so `features.online.OnlineReader` applies the
+same rule against the stream's own clock.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def definitions(settings: Settings) -> dict[str, object]:
         schema = [Field(name=k, dtype=String) for k in keys]
         schema += [Field(name=f, dtype=feature_dtype(f)) for f in specs.table_features(table)]
         views[table] = FeatureView(name=table, entities=[entities[k] for k in keys], schema=schema,
-                                   source=source, ttl=timedelta(0), online=True,
+                                   source=source, ttl=specs.current_for(table) or timedelta(0), online=True,
                                    tags={"generated_from": "features/specs.py"})
         out[f"{table}_view"] = views[table]
     for name, tables in FEATURE_SERVICES.items():

@@ -20,7 +20,7 @@ import pytest
 
 from eightbox.deploy.services import redis as redis_service
 from eightbox.deploy.supervisor import Supervisor
-from eightbox.features import point_in_time, specs
+from eightbox.features import point_in_time, specs, stream_time
 from eightbox.features import store as feature_store
 from eightbox.features.online import OnlineReader
 from eightbox.features.point_in_time import LABEL_TIME, historical_features
@@ -161,11 +161,23 @@ def test_prior_clicks_are_as_of_label_time_and_no_naive_join_exists(settings):
 
 # --- (b) online == offline -------------------------------------------------------------------------
 
+SESSION_COUNTS = {s.name for s in specs.STREAMING}
+
+
+def _stream_at(settings: Settings, at: datetime) -> None:
+    """The pusher's clock for every session table (what a stream that reached `at` has written)."""
+    import redis
+
+    stream_time.advance(redis.Redis.from_url(settings.redis_address), settings.feast_project,
+                        {t: at for t in ("item_session", "user_category_session")})
+
+
 def test_online_reader_equals_feast_online_and_offline(settings):
     frames = random_tables(settings)
     feature_store.apply(settings)
     latest = max(f[specs.TIMESTAMP].max() for f in frames.values())
     store = feature_store.materialize(settings, T0 - timedelta(days=1), latest.to_pydatetime())
+    _stream_at(settings, latest.to_pydatetime())
 
     rng = np.random.default_rng(3)
     items = list(rng.choice(frames["item_daily"]["item_id"].unique(), size=15, replace=False)) + ["i-unknown"]
@@ -179,12 +191,14 @@ def test_online_reader_equals_feast_online_and_offline(settings):
                 features=store.get_feature_service(service),
                 entity_rows=[dict(zip(rows, r)) for r in zip(*rows.values())]).to_dict()
             fast = reader.read(user, items, categories=categories, creators=creators)
-            assert fast == feast
+            # Feast's online read has no lapse rule: beyond the session counts, the very same answer.
+            assert {k: v for k, v in fast.items() if k not in SESSION_COUNTS} == \
+                {k: v for k, v in feast.items() if k not in SESSION_COUNTS}
 
             # Offline, just after the latest timestamp anywhere: the same values.
             entity_df = pd.DataFrame({**rows, LABEL_TIME: latest + pd.Timedelta(1, "us")})
             offline = historical_features(settings, entity_df, service, store=store)
-            for name in reader.feature_names:
+            for name in reader.feature_names:  # session counts included: lapsed ones are 0 on both sides
                 assert [_plain(v) for v in offline[name]] == [_plain(v) for v in fast[name]], name
             if user != "u-unknown" and service == "ranker_v1":
                 assert all(v is not None for v in fast["user_clicks_7d"] + fast["item_ctr_7d"][:-1])
@@ -213,17 +227,43 @@ def test_a_reader_serves_item_rows_from_its_cache_for_the_interval_user_rows_alw
         row = reader.read("u1", ["i1", "i1", "i2", "i3"], categories=["cat1"] * 4)
         return row["item_clicks_15m"], row["uc_clicks_30m"][0]
 
-    assert clicks() == ([3, 3, 0, None], 3)
+    assert clicks() == ([3, 3, 0, 0], 3)  # i3 never counted: 0, as the offline join gives it
     feature_store.materialize(settings, T0 - timedelta(days=1), write(1, 8), views=views)
     now[0] += 0.9
-    assert clicks() == ([3, 3, 0, None], 8)  # the item rows read 0.9 s ago; the user's always from Redis
+    assert clicks() == ([3, 3, 0, 0], 8)  # the item rows read 0.9 s ago; the user's always from Redis
     now[0] += 0.1
-    assert clicks() == ([8, 8, 0, None], 8)  # one second old: read again
+    assert clicks() == ([8, 8, 0, 0], 8)  # one second old: read again
     assert OnlineReader(settings, refs).read("u1", ["i1"], categories=["cat1"])["item_clicks_15m"] == [8]
     # The board's sparse read: only stored, non-zero values, by position.
     assert reader.read_nonzero("item_id", ["i3", "i2", "i1"], "item_clicks_15m") == {2: 8}
     with pytest.raises(KeyError):
         reader.read_nonzero("user_id", ["u1"], "uc_clicks_30m")  # keyed by user and category, not one key
+
+
+def test_a_session_count_lapses_two_slides_after_its_window_online_and_offline_alike(settings):
+    t = T0 + timedelta(hours=5)
+    write_table(settings, "item_session", [
+        {"item_id": "i1", specs.TIMESTAMP: t - timedelta(minutes=10), "item_clicks_15m": 5},  # clicked, then nothing
+        {"item_id": "i2", specs.TIMESTAMP: t - timedelta(minutes=1), "item_clicks_15m": 4},
+        {"item_id": "i3", specs.TIMESTAMP: t, "item_clicks_15m": 2}])
+    feature_store.apply(settings)
+    store = feature_store.materialize(settings, T0, t, views=["item_session"])
+    ref = ["item_session:item_clicks_15m"]
+    items = ["i1", "i2", "i3", "i4"]
+    reader = OnlineReader(settings, ref, store=store)
+    # No stream clock yet: the newest row read stands in for it.
+    assert reader.read("u1", items)["item_clicks_15m"] == [0, 4, 2, 0]
+    assert reader.read("u1", ["i1"])["item_clicks_15m"] == [5]  # alone, i1's own row is the newest known
+    # The stream has reached t + 90 s: i2's window (ended t − 1 min) is 2.5 minutes old, past its two slides.
+    _stream_at(settings, t + timedelta(seconds=90))
+    reader = OnlineReader(settings, ref, store=store)
+    assert reader.read("u1", items)["item_clicks_15m"] == [0, 0, 2, 0]
+    assert reader.read_nonzero("item_id", items, "item_clicks_15m") == {2: 2}
+    assert store.get_online_features(features=ref, entity_rows=[{"item_id": "i1"}]).to_dict()["item_clicks_15m"] == [5]
+    # Offline at the same instant: the same counts (Feast's TTL on the view, then 0).
+    offline = historical_features(settings, pd.DataFrame({"item_id": items, LABEL_TIME: t + timedelta(seconds=90)}), ref,
+                                  store=store)
+    assert offline["item_clicks_15m"].tolist() == [0, 0, 2, 0]
 
 
 # --- (c) apply -------------------------------------------------------------------------------------
@@ -347,7 +387,8 @@ def test_pusher_makes_updates_readable_online_and_appends_them_offline(settings)
 
 def test_training_rows_match_a_reference_as_of_join(settings):
     """Many users, items and label times (ties included): every value is the latest row strictly
-    before the label time, computed independently here with pandas."""
+    before the label time (a session count: 0 once that row is past `specs.current_for`), computed
+    independently here with pandas."""
     frames = random_tables(settings, seed=11)
     store = feature_store.apply(settings)
     rng = np.random.default_rng(5)
@@ -370,8 +411,11 @@ def test_training_rows_match_a_reference_as_of_join(settings):
         frame, keys = frames[table.name], list(specs.TABLE_KEYS[table.name])
         for i, row in entity_df.iterrows():
             match = frame[(frame[keys] == row[keys]).all(axis=1) & (frame[specs.TIMESTAMP] < row[LABEL_TIME])]
+            latest = None if match.empty else match.sort_values(specs.TIMESTAMP).iloc[-1]
+            current = specs.current_for(table.name)
+            lapsed = current is not None and (latest is None or row[LABEL_TIME] - latest[specs.TIMESTAMP] > current)
             for f in specs.table_features(table.name):
-                want = None if match.empty else match.sort_values(specs.TIMESTAMP).iloc[-1][f]
+                want = 0 if lapsed else None if latest is None else latest[f]  # a session count lapses to 0
                 assert _plain(got.loc[i, f]) == _plain(want), (table.name, f, i)
 
 

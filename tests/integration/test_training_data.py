@@ -130,7 +130,8 @@ def joined(world, logged):
 
 def _reference(settings: Settings, rows: pd.DataFrame) -> pd.DataFrame:
     """Per row and ranker_v1 feature: the value of the latest table row with event_timestamp < the
-    row's event_time (computed here with pandas, straight from the Parquet tables)."""
+    row's event_time (computed here with pandas, straight from the Parquet tables); for a session
+    count, 0 when that row is older than `specs.current_for` or absent."""
     out = rows[["example_id"]].copy()
     for table in FEATURE_SERVICES["ranker_v1"]:
         keys, names = list(specs.TABLE_KEYS[table]), specs.table_features(table)
@@ -144,7 +145,12 @@ def _reference(settings: Settings, rows: pd.DataFrame) -> pd.DataFrame:
             hit = data[(data[specs.TIMESTAMP] < r["event_time"])]
             for k in keys:
                 hit = hit[hit[k] == key[k]]
-            values.append(hit.sort_values(specs.TIMESTAMP).iloc[-1][names] if len(hit) else pd.Series(index=names))
+            row = hit.sort_values(specs.TIMESTAMP).iloc[-1] if len(hit) else None
+            current = specs.current_for(table)
+            if current is not None and (row is None or r["event_time"] - row[specs.TIMESTAMP] > current):
+                values.append(pd.Series(0.0, index=names))
+            else:
+                values.append(row[names] if row is not None else pd.Series(index=names))
         out[names] = pd.DataFrame(values, index=out.index)[names].astype("float64").to_numpy()
     return out
 
@@ -165,8 +171,8 @@ def test_a_planted_future_feature_row_never_reaches_a_training_row(world, joined
     assert rows.loc["a-i1", "item_clicks_7d"] == rows.loc["b-i1", "item_clicks_7d"] == 4
     assert rows.loc["a-i1", features].notna().sum() > len(features) // 2  # the join found real rows
     # i3 moved to another category at 12:00: b-i3 (14:00) is keyed on the new one, which has no history
-    # yet, not on u2's clicks in the old one.
-    assert np.isnan(rows.loc["b-i3", "uc_clicks_30m"])
+    # yet (a count of 0), not on u2's clicks in the old one.
+    assert rows.loc["b-i3", "uc_clicks_30m"] == 0
     session = ds.dataset(str(settings.features_dir / "user_category_session"), partitioning="hive").to_table().to_pandas()
     old = session[(session["user_id"] == "u2") & (session["category"] == ITEMS[MOVED_ITEM][0])]
     assert (old[specs.TIMESTAMP] < B).any()
