@@ -64,6 +64,17 @@ def test_a_ctr_gap_beyond_the_margin_that_noise_explains_is_no_breach():
     assert d.action == "reject" and "significant" in d.reasons[0]
 
 
+def test_a_canary_inside_the_margin_but_a_standard_error_worse_is_not_promoted_yet():
+    # 9 % lower on ~1,700 impressions an arm, z = -1.09: the `make demo` canary the holdback later rolled back.
+    ev = Evidence(champion=arm(1660, 218), challenger=arm(1830, 218))
+    d = decide(LadderState("7", "canary", T0), ev, at(12), CFG)
+    assert d.action == "wait" and "z = -1.09" in d.reasons[0]
+    assert decide(LadderState("7", "canary", T0), ev, at(24), CFG).action == "reject"
+    # The same drop on a third of the traffic is within a standard error (z = -0.59): promoted.
+    ev = Evidence(champion=arm(500, 66), challenger=arm(550, 66))
+    assert decide(LadderState("7", "canary", T0), ev, at(12), CFG).action == "promote"
+
+
 def test_a_canary_that_looks_worse_without_significance_runs_on_and_then_is_rejected():
     ev = Evidence(champion=arm(500, 50), challenger=arm(500, 42))  # 16 % lower, z = -0.88
     s = LadderState("7", "canary", T0)
