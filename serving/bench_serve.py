@@ -305,7 +305,8 @@ def profile(settings: Settings, catalog: int = 100_000, requests: int = 300) -> 
     from eightbox.ingest.simulator import user_id
 
     from . import bench_world
-    from .funnel import StageBudget, build_funnel
+    from .funnel import build_funnel
+    from .stages import StageBudget
     from .models import ModelSet
 
     params = bench_world.WorldParams.for_catalog(catalog)

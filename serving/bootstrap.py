@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def funnel_config(settings: Settings):
     """The default funnel budgets, every one multiplied by `settings.serving_budget_scale`."""
-    from .funnel import FunnelConfig, StageBudget
+    from .stages import FunnelConfig, StageBudget
 
     base, scale = FunnelConfig(), settings.serving_budget_scale
     stages = {name: StageBudget(b.budget_ms * scale, b.timeout_ms * scale) for name, b in base.stages.items()}
@@ -121,7 +121,8 @@ def bootstrap(settings: Settings, *, models: Any = None) -> tuple[Any, Resources
 
     from .app import ServingDeps, create_app
     from .arms import ArmRouter, ServingState
-    from .funnel import MODEL_BREAKERS, build_funnel
+    from .funnel import build_funnel
+    from .stages import MODEL_BREAKERS
     from .impression_log import ImpressionLogger
     from .metrics import breaker_gauges
     from .models import ModelSet

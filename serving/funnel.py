@@ -32,121 +32,22 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from eightbox.ranking.value import ValueWeights, value_score
+from eightbox.ranking.value import value_score
 from eightbox.serving.breaker import Breakers
 from eightbox.serving.candidates import Candidate
 from eightbox.serving.models import ModelSet
-from eightbox.serving.rerank import RerankConfig, rerank_with_stats
+from eightbox.serving.rerank import rerank_with_stats
 from eightbox.serving.sources import PopularityBoard, Skipped, Source, UserContext, default_sources
+from eightbox.serving.stages import CHAMPION, FunnelConfig, Recommendation, Run
 
 log = logging.getLogger(__name__)
-RUNGS = ("full", "fallback", "popularity", "static")
-CHAMPION = "champion"  # the arm whose breakers carry the plain dependency names
-MODEL_BREAKERS = frozenset({"ann", "ranker"})  # calls that depend on an arm's models: breakers per arm
 _UNREAD = object()  # history not read yet for this run
-
-
-@dataclass(frozen=True)
-class StageBudget:
-    budget_ms: float  # the target: a report over it says so (``over_budget``)
-    timeout_ms: float  # the hard limit: the stage is abandoned (status "timeout")
-
-
-@dataclass(frozen=True)
-class FunnelConfig:
-    k_max: int = 100  # a request's k is capped here
-    per_source: Mapping[str, int] = field(default_factory=lambda: {
-        "two_tower": 200, "covisit": 100, "trending": 100, "fresh": 50})
-    stages: Mapping[str, StageBudget] = field(default_factory=lambda: {
-        "history": StageBudget(3, 15), "sources": StageBudget(20, 40), "features": StageBudget(8, 25),
-        "rank": StageBudget(15, 40), "rerank": StageBudget(5, 20)})
-    total_timeout_ms: float = 100.0  # no stage may run past this, counted from the request's start
-    rerank: RerankConfig = RerankConfig()  # its k is replaced by the request's k
-    rerank_pool: int = 100  # best-scored candidates handed to the re-ranker ...
-    explore_pool: int = 20  # ... plus this many new-or-uncertain ones outside them (exploration)
-    uncertain_impressions: float = 50.0  # fewer 7-day impressions than this (or none) = new or uncertain
-    primary_sources: tuple[str, ...] = ("two_tower",)  # a response without them is not "full"
-    n_history: int = 20  # recent items read for the user
-    # Item vectors for MMR similarity (else the category). Off by default: rerank.py computes cosines in
-    # pure Python, 7 ms for a pool of 120 at dim 32 vs 0.8 ms with categories (2-core dev machine).
-    mmr_vectors: bool = False
-    value_weights: ValueWeights = ValueWeights()
-    # Item and creator features (the same for every user) are kept in process this long after a read
-    # and served from there: at most this much older than Redis's, the item rows of one second's
-    # requests read once. 0: every request reads them.
-    item_cache_s: float = 1.0
-    static_items: tuple[str, ...] = ()  # the last rung when the bundle has no catalog
-
-    def timeout_s(self, stage: str) -> float:
-        return self.stages[stage].timeout_ms / 1000.0
-
-
-@dataclass(frozen=True)
-class StageReport:
-    name: str  # history, source:<name>, merge, filter, features, rank, rerank, popularity, static, funnel
-    source: str  # what did the work: a source name, "redis", the ranker's version, ...
-    n_in: int
-    n_out: int
-    n_filtered: int = 0
-    n_deduped: int = 0
-    latency_ms: float = 0.0
-    status: str = "ok"  # ok | timeout | error | breaker_open | skipped
-    budget_ms: float | None = None
-    detail: str = ""
-
-    @property
-    def over_budget(self) -> bool:
-        return self.budget_ms is not None and self.latency_ms > self.budget_ms
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    request_id: str
-    user_id: str
-    items: tuple[Candidate, ...]  # best first; features = the exact vector the ranker scored (NaN = missing)
-    rung: str
-    stages: tuple[StageReport, ...]
-    model_versions: Mapping[str, str]
-    feature_names: tuple[str, ...]  # the ranker's column order for items[i].features
-    latency_ms: float
-
-    def stage(self, name: str) -> StageReport | None:
-        return next((s for s in self.stages if s.name == name), None)
-
-
-class _Run:
-    """One request's clock and stage reports, for one arm's models."""
-
-    def __init__(self, config: FunnelConfig, arm: str = CHAMPION, start: float | None = None,
-                 reports: Sequence[StageReport] = ()):
-        self.config, self.arm, self.reports = config, arm, list(reports)
-        self.start = time.perf_counter() if start is None else start
-
-    def breaker(self, name: str | None) -> str | None:
-        """The breaker of dependency `name` for this run's arm."""
-        if name in MODEL_BREAKERS and self.arm != CHAMPION:
-            return f"{name}@{self.arm}"
-        return name
-
-    def remaining_s(self) -> float:
-        return self.config.total_timeout_ms / 1000.0 - (time.perf_counter() - self.start)
-
-    def timeout_s(self, stage: str) -> float:
-        return max(0.0, min(self.config.timeout_s(stage), self.remaining_s()))
-
-    def report(self, name: str, source: str, n_in: int, n_out: int, started: float, budget: str | None = None,
-               **kw) -> StageReport:
-        budget_ms = self.config.stages[budget].budget_ms if budget in self.config.stages else None
-        r = StageReport(name, source, n_in, n_out, latency_ms=round((time.perf_counter() - started) * 1e3, 3),
-                        budget_ms=budget_ms, **kw)
-        self.reports.append(r)
-        return r
 
 
 class Funnel:
@@ -171,22 +72,22 @@ class Funnel:
         """At most min(k, k_max) items for `user_id`; never raises for a dependency failure.
         `models`: an experiment arm's models instead of ``self.models``; `arm` names the arm."""
         models = self.models if models is None else models  # one ModelSet for the whole request
-        return await self._recommend(_Run(self.config, arm), models, user_id, k, context, request_id)
+        return await self._recommend(Run(self.config, arm), models, user_id, k, context, request_id)
 
     async def recommend_each(self, arms: Mapping[str, ModelSet], user_id: str, k: int = 10,
                              context: Mapping[str, Any] | None = None,
                              request_id: str | None = None) -> dict[str, Recommendation]:
         """One recommendation per arm for the same request, run concurrently, the user's history
         read once and shared (each recommendation reports that one history stage)."""
-        request_id, first = request_id or uuid.uuid4().hex, _Run(self.config)
+        request_id, first = request_id or uuid.uuid4().hex, Run(self.config)
         recent = await self._history(first, str(user_id))
         recs = await asyncio.gather(*(
-            self._recommend(_Run(self.config, arm, first.start, first.reports), models, user_id, k, context,
+            self._recommend(Run(self.config, arm, first.start, first.reports), models, user_id, k, context,
                             request_id, recent)
             for arm, models in arms.items()))
         return dict(zip(arms, recs))
 
-    async def _recommend(self, run: _Run, models: ModelSet | None, user_id: str, k: int,
+    async def _recommend(self, run: Run, models: ModelSet | None, user_id: str, k: int,
                          context: Mapping[str, Any] | None, request_id: str | None,
                          recent: Any = _UNREAD) -> Recommendation:
         request_id = request_id or uuid.uuid4().hex
@@ -233,7 +134,7 @@ class Funnel:
             cb.record(status == "ok", time.perf_counter() - started)
         return status, value, detail
 
-    async def _funnel(self, run: _Run, models: ModelSet | None, user_id: str, k: int, context: dict,
+    async def _funnel(self, run: Run, models: ModelSet | None, user_id: str, k: int, context: dict,
                       request_id: str, recent: Any = _UNREAD) -> tuple[list[Candidate], str]:
         if models is None:
             run.report("models", "bundle", 0, 0, run.start, status="skipped", detail="no models loaded")
@@ -254,7 +155,7 @@ class Funnel:
                 return (final, "full" if primary_ok else "fallback") if ranked else (_unscored(final), "fallback")
         return await self._lower_rungs(run, models, k, set(recent or ()))
 
-    async def _lower_rungs(self, run: _Run, models: ModelSet | None, k: int, engaged: set[str]):
+    async def _lower_rungs(self, run: Run, models: ModelSet | None, k: int, engaged: set[str]):
         started = time.perf_counter()
         try:
             ranked = self.board.popular(models) if self.board else (
@@ -275,7 +176,7 @@ class Funnel:
             run.report("popularity", "board", 0, 0, started, status="error", detail=f"{type(exc).__name__}: {exc}")
         return self._static(run, models, k), "static"
 
-    def _static(self, run: _Run, models: ModelSet | None, k: int) -> list[Candidate]:
+    def _static(self, run: Run, models: ModelSet | None, k: int) -> list[Candidate]:
         """The last rung: a fixed list, the creator cap its only rule; must not depend on anything."""
         started = time.perf_counter()
         catalog = models.catalog if models is not None else None
@@ -294,7 +195,7 @@ class Funnel:
                    n_filtered=len(ids) - len(out))
         return out
 
-    async def _history(self, run: _Run, user_id: str) -> list[str] | None:
+    async def _history(self, run: Run, user_id: str) -> list[str] | None:
         """The user's recent engaged items (newest first), or None when they could not be read."""
         started = time.perf_counter()
         if self.history_reader is None:
@@ -310,7 +211,7 @@ class Funnel:
         run.report("history", "redis", n, n, started, "history", status=status, detail=detail)
         return recent
 
-    async def _source(self, run: _Run, source: Source, ctx: UserContext) -> tuple[str, str, list[Candidate]]:
+    async def _source(self, run: Run, source: Source, ctx: UserContext) -> tuple[str, str, list[Candidate]]:
         started = time.perf_counter()
         status, value, detail = await self._guarded(run.breaker(source.breaker), run.timeout_s("sources"),
                                                     lambda: source(ctx))
@@ -319,7 +220,7 @@ class Funnel:
                    status=status, detail=detail)
         return source.name, status, found
 
-    def _merge(self, run: _Run, results) -> list[Candidate]:
+    def _merge(self, run: Run, results) -> list[Candidate]:
         """Union in source priority order; a duplicate adds its source to the first one's ``sources``.
         The first candidate of an item is kept and updated in place, not copied: sources return
         candidates of their own for each request (the `Source` contract)."""
@@ -339,7 +240,7 @@ class Funnel:
         run.report("merge", "+".join(r[0] for r in results), n_in, len(out), started, n_deduped=n_in - len(out))
         return out
 
-    def _filter(self, run: _Run, models: ModelSet, candidates: list[Candidate], engaged: set[str] | None):
+    def _filter(self, run: Run, models: ModelSet, candidates: list[Candidate], engaged: set[str] | None):
         """Drop items the user engaged with (when the history is known) and unavailable items (not in
         the catalog, or taken down)."""
         started, catalog = time.perf_counter(), models.catalog
@@ -359,7 +260,7 @@ class Funnel:
         _enrich(models, out, vectors=False)
         return out
 
-    async def _rank(self, run: _Run, models: ModelSet, user_id: str, candidates: list[Candidate]) -> bool:
+    async def _rank(self, run: Run, models: ModelSet, user_id: str, candidates: list[Candidate]) -> bool:
         """Fetch features and score in place; False when either could not be done."""
         n, started = len(candidates), time.perf_counter()
         why = ("no ranker in the bundle" if models.ranker is None else
@@ -410,7 +311,7 @@ class Funnel:
             c.features = dict(zip(models.features, vectors[r]))
         return True
 
-    def _rerank(self, run: _Run, models: ModelSet, candidates: list[Candidate], k: int, request_id: str):
+    def _rerank(self, run: Run, models: ModelSet, candidates: list[Candidate], k: int, request_id: str):
         started, cfg = time.perf_counter(), self.config
         order = sorted(range(len(candidates)),
                        key=lambda i: math.inf if candidates[i].score is None else -candidates[i].score)

@@ -25,7 +25,8 @@ from eightbox.ingest.simulator import Marketplace, SimConfig
 from eightbox.ranking.multitask import MultiTaskRanker
 from eightbox.retrieval.ann_index import AnnIndex
 from eightbox.serving.breaker import BreakerPolicy, Breakers
-from eightbox.serving.funnel import FunnelConfig, StageBudget, build_funnel
+from eightbox.serving.funnel import build_funnel
+from eightbox.serving.stages import FunnelConfig, StageBudget
 from eightbox.serving.models import ModelSet
 from eightbox.serving.user_encoder import export_user_tower
 from eightbox.training import registry

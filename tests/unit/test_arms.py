@@ -12,7 +12,7 @@ from eightbox.ingest.schema import ShadowScored, parse_event, to_wire
 from eightbox.serving.arms import ArmRouter, ServingState
 from eightbox.serving.candidates import Candidate
 from eightbox.serving.experiments import ExperimentConfig
-from eightbox.serving.funnel import Recommendation, StageReport
+from eightbox.serving.stages import Recommendation, StageReport
 from eightbox.serving.interleaving import team_draft
 from eightbox.serving.shadow import ShadowScorer
 

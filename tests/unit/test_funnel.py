@@ -14,7 +14,8 @@ import pytest
 
 from eightbox.serving.breaker import BreakerPolicy, Breakers
 from eightbox.serving.candidates import Candidate
-from eightbox.serving.funnel import Funnel, FunnelConfig, StageBudget
+from eightbox.serving.funnel import Funnel
+from eightbox.serving.stages import FunnelConfig, StageBudget
 from eightbox.serving.models import ModelSet
 from eightbox.serving.rerank import RerankConfig
 from eightbox.serving.sources import PopularityBoard, Skipped, TrendingSource
