@@ -28,11 +28,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import redis
 from feast import FeatureService
-from google.protobuf.timestamp_pb2 import Timestamp
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from eightbox.features import specs, stream_time
 from eightbox.settings import Settings

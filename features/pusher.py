@@ -145,10 +145,10 @@ def run_pusher(settings: Settings, stop: threading.Event | Callable[[], bool], *
     `heartbeat` (a file path): rewritten at least every second with the time, pid and the number of
     partitions assigned, so a supervisor can tell a live consumer-group member from a hung process.
     `consumer` (tests) replaces the kafka-python consumer."""
+    import redis
+
     from eightbox.features.store import get_store
     from eightbox.ingest.schema import FEATURE_UPDATES
-
-    import redis
 
     should_stop = stop.is_set if isinstance(stop, threading.Event) else stop
     store = store or get_store(settings)
