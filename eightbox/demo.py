@@ -272,8 +272,8 @@ def run_demo(settings: Settings, quick: bool = False, seed: int | None = None) -
 def _day_zero(settings: Settings, profile, job_id: str):
     """Boxes 1-6 on the world before Eightbox: a popularity policy's traffic up to the end of day 0
     (`profile.history_days` of it), published, archived, featurised, trained on; the first model
-    becomes champion. Returns (market, the
-    day's actions still in its future: they go through /events when their time comes)."""
+    becomes champion. Returns (market, the day's actions still in its future: they go through
+    /events when their time comes)."""
     from eightbox.ingest import lake
     from eightbox.ingest.archiver import LakeArchiver
     from eightbox.ingest.publish import publish_events

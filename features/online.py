@@ -14,9 +14,8 @@ Feast decodes them (`ValueProto` → `feast_value_type_to_python_type`), so the 
 `get_online_features(...).to_dict()` except for one rule Feast's online read lacks: a session count
 whose row is no longer current (`specs.current_for`, against the stream's clock,
 `features.stream_time`) reads 0, as the offline join gives it. A decoded row is remembered by its
-raw bytes. Optionally
-(`cache_s`) the rows of single-key entities such as items are kept for a few seconds, and
-`read_nonzero` reads one sparse column (only stored non-zero values come back).
+raw bytes. Optionally (`cache_s`) the rows of single-key entities such as items are kept for a few
+seconds, and `read_nonzero` reads one sparse column (only stored non-zero values come back).
 Feast stays the owner of definitions, materialization and the key layout.
 """
 

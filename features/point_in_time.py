@@ -4,8 +4,9 @@ The one way to join features onto labelled examples. Each row of `entity_df` car
 the column `LABEL_TIME`; it gets, per feature view, the latest row with
 ``event_timestamp < label time`` (the rule in `features/specs.py`) and nothing newer. Feast's own
 as-of join keeps rows with ``event_timestamp <= t``; asking it for ``t = label time - 1 ns`` (every
-timestamp here is whole nanoseconds) turns that into the strict rule. Session counts lapse (`specs.current_for`, the views' Feast TTL): with no row
-current at the label time the count is 0, as `features.online.OnlineReader` serves it.
+timestamp here is whole nanoseconds) turns that into the strict rule. Session counts lapse
+(`specs.current_for`, the views' Feast TTL): with no row current at the label time the count is 0,
+as `features.online.OnlineReader` serves it.
 
 There is deliberately no other join here: no "latest value" lookup keyed on ids alone, because a
 join without time leaks the future into training (a click's own count, or later ones, in its
