@@ -9,7 +9,10 @@ the simulated user answers the slate it got, and the clicks and engagements go b
 `POST /events` when their simulated time comes (engagements arrive minutes to hours later: label
 delay). Each day is served in ticks; after each tick the lake archiver lands the events and the
 ladder (if a model is climbing) takes its step. After each day: the nightly Spark backfill, the
-monitoring job over the day, and, on an alert, a retrain whose candidate starts up the ladder.
+monitoring job over the day, and a retrain whose candidate starts up the ladder, when the schedule
+says so (`retrain_every_days`) or the monitoring found concept drift (`monitoring.concept_checks`;
+the day it first does so on or after the drift day is when the drift was detected, and days before
+the drift with such an alert are false alarms). The other alerts are the report's diagnosis.
 
 On the same visits the loop also scores what the popularity policy and the oracle (the simulator's
 true click probabilities) would have shown, so each day has three CTRs, expected (the mean true
@@ -24,6 +27,7 @@ import heapq
 import itertools
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,6 +55,9 @@ class LoopProfile:
     history_days: int = 2
     nightly_spark: bool = True  # on served days (day 0 always runs it: the first training needs it)
     train_window_days: float | None = 1.0  # a retrain learns from this many recent days (None: all)
+    # The nightly retrain: a model goes stale within a day here (its own exposure moves the
+    # counters it reads); None retrains on concept-drift alerts only.
+    retrain_every_days: int | None = 1
     # Half the users on the canary: at a few hundred visits a day a 20 % arm sees too little to judge.
     ladder: LadderConfig = LadderConfig(shadow_hours=6, canary_hours=6, holdback_hours=12, canary_share=0.5,
                                         min_shadow_requests=30, min_arm_impressions=300)
@@ -83,6 +90,7 @@ class DayRow:
     rungs: dict = field(default_factory=dict)
     arms: dict = field(default_factory=dict)
     alerts: list = field(default_factory=list)
+    drift_alerts: list = field(default_factory=list)  # concept drift: what detects the taste drift
     notes: list = field(default_factory=list)
 
     @property
@@ -198,6 +206,14 @@ def _monitor(settings: Settings, start: datetime, end: datetime, report_path) ->
     return result.alerts, result
 
 
+def retrain_reason(profile: LoopProfile, day: int, last_retrain_day: int, drifted: bool) -> str | None:
+    """Why to retrain after `day` ("concept drift", "nightly"), or None: not yet."""
+    if drifted:
+        return "concept drift"
+    due = profile.retrain_every_days and day - last_retrain_day >= profile.retrain_every_days
+    return "nightly" if due else None
+
+
 def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lambda *a: None) -> dict:
     """Days 1..profile.days on a stack whose day 0 `bootstrap(market)` has built (traffic published,
     first champion registered). Returns the summary (also the bench's JSON)."""
@@ -208,6 +224,8 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     from eightbox.training.ladder_runner import LadderRunner
     from eightbox.training.pipeline import TrainConfig, train
 
+    from eightbox.monitoring.concept_checks import CHECK as CONCEPT_DRIFT
+
     started = time.monotonic()
     market, leftovers = bootstrap()
     start = market.config.start + timedelta(days=profile.history_days - 1)  # day 0's
@@ -217,6 +235,7 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     latencies_all: list[float] = []
     detected_at = None
     retrains: list[datetime] = []
+    last_retrain_day = 0
     promotions: list[tuple[datetime, datetime]] = []  # (promoted at, the newest data its model learned from)
     learned_until: dict[str, datetime] = {}  # version → as_of of its training
     sources: list[str] = []  # where each retrain's examples came from ("logged": serving's own impressions)
@@ -264,11 +283,16 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
             report = reports / f"monitoring-day{day}.html"
             alerts, _ = _monitor(settings, day_start, day_end, report)
             row.alerts = [a.alert for a in alerts]
-            print(f"  {len(alerts)} alert(s){': ' + '; '.join(row.alerts[:6]) if alerts else ''}  report: {report}")
-            if alerts and day >= profile.drift_day and detected_at is None:
+            row.drift_alerts = [a.alert for a in alerts if a.check == CONCEPT_DRIFT]
+            layers = dict(Counter(a.layer for a in alerts))
+            print(f"  {len(alerts)} alert(s) {layers or ''}; concept drift: "
+                  f"{'; '.join(row.drift_alerts) or 'none'}  report: {report}")
+            if row.drift_alerts and day >= profile.drift_day and detected_at is None:
                 detected_at = day_end
-            if alerts and not ladder.active:
-                header("4", "training", f"retrain after day {day}'s alerts")
+            why = retrain_reason(profile, day, last_retrain_day, bool(row.drift_alerts))
+            if why and not ladder.active:
+                header("4", "training", f"retrain after day {day} ({why})")
+                last_retrain_day = day
                 window = timedelta(days=profile.train_window_days) if profile.train_window_days else None
                 result = train(settings, TrainConfig(as_of=day_end, promote="never", tower_epochs=profile.tower_epochs,
                                                      model_name=settings.serving_model_name, window=window),
@@ -280,9 +304,10 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
                     ladder.start(result.version, day_end)
                     ladder.step(day_end)  # shadow starts with the next request, not the next tick
                     _reload(http, settings)
-                    row.notes.append(f"retrained v{result.version} on {sources[-1]} features: gate passed → shadow")
+                    row.notes.append(f"retrained v{result.version} ({why}) on {sources[-1]} features: gate passed → shadow")
                 else:
-                    row.notes.append(f"retrained v{result.version}: gate refused ({'; '.join(result.gate_reasons)[:200]})")
+                    row.notes.append(f"retrained v{result.version} ({why}): gate refused "
+                                     f"({'; '.join(result.gate_reasons)[:200]})")
                 print(f"  {row.notes[-1]}")
             rows.append(row)
         traffic.backend.close()
@@ -310,6 +335,8 @@ def summarise(rows: list[DayRow], profile: LoopProfile, *, detected_at, drift_at
     return {
         "days": [asdict(r) | {"ctr": r.ctr} for r in rows],
         "drift_detected": detected_at is not None,
+        "drift_alert_days": [r.day for r in rows if r.drift_alerts],
+        "false_alarm_days": [r.day for r in rows if r.drift_alerts and r.day < profile.drift_day],
         "detected_after_hours": (detected_at - drift_at) / timedelta(hours=1) if detected_at else None,
         "retrains": [t.isoformat() for t in retrains],
         "promotions": [at.isoformat() for at, _ in promotions],
@@ -333,5 +360,5 @@ def print_summary(summary: dict) -> None:
     print(f"\n{'day':>4} {'date':>10} {'ours':>7} {'realised':>8} {'popular':>7} {'oracle':>7} {'p99 ms':>7}  events")
     for d in summary["days"]:
         print(f"{d['day']:>4} {d['date']:>10} {d['ctr_expected']:>7.4f} {d['ctr']:>8.4f} {d['ctr_popularity']:>7.4f} "
-              f"{d['ctr_oracle']:>7.4f} {d['p99_ms']:>7.1f}  {'; '.join(d['notes'] + d['alerts'][:2])[:120]}")
+              f"{d['ctr_oracle']:>7.4f} {d['p99_ms']:>7.1f}  {'; '.join(d['notes'] + d.get('drift_alerts', []))[:120]}")
     print(summary_line(summary))

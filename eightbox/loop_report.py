@@ -43,11 +43,19 @@ def _events(notes: list[str]) -> list[str]:
     return out
 
 
+def _day_column(day: dict) -> list[str]:
+    """The day's ladder and training notes, its concept-drift alerts, and how many other alerts
+    its monitoring page lists (diagnosis: feature PSI, ranges, calibration, KPIs)."""
+    drift = day.get("drift_alerts", [])
+    others = len(day["alerts"]) - len(drift)
+    return day["notes"] + drift + ([f"{others} other alert(s)"] if others else [])
+
+
 def write_loop_report(summary: dict, drift_day: int, path: Path) -> Path:
     rows = "".join(
         f"<tr><td>{d['day']}</td><td>{d['date']}</td><td>{d['ctr_expected']:.4f}</td><td>{d['ctr']:.4f}</td>"
         f"<td>{d['ctr_popularity']:.4f}</td><td>{d['ctr_oracle']:.4f}</td><td>{d['p99_ms']:.1f}</td>"
-        f"<td>{html.escape(str(d['rungs']))}</td><td>{html.escape('; '.join(d['notes'] + d['alerts']))}</td>"
+        f"<td>{html.escape(str(d['rungs']))}</td><td>{html.escape('; '.join(_day_column(d)))}</td>"
         f"<td><a href=\"monitoring-day{d['day']}.html\">day {d['day']}</a></td></tr>" for d in summary["days"])
     facts = "".join(f"<li>{k}: {html.escape(str(v))}</li>" for k, v in summary.items() if k != "days")
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>Eightbox closed loop</title>
@@ -56,6 +64,6 @@ td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}</style></head><body>
 <h1>Eightbox closed loop</h1><img alt="CTR per day" src="data:image/png;base64,{ctr_plot(summary, drift_day)}">
 <ul>{facts}</ul>
 <table><tr><th>day</th><th>date</th><th>ours (expected)</th><th>ours (realised)</th><th>popularity</th>
-<th>oracle</th><th>p99 ms</th><th>rungs</th><th>events and alerts</th><th>monitoring</th></tr>{rows}</table>
+<th>oracle</th><th>p99 ms</th><th>rungs</th><th>events, concept drift and other alerts</th><th>monitoring</th></tr>{rows}</table>
 </body></html>""", encoding="utf-8")
     return path

@@ -27,7 +27,7 @@ import pandas as pd
 
 from eightbox.settings import Settings
 
-from . import data_checks, model_checks, product_metrics, system_checks
+from . import concept_checks, data_checks, model_checks, product_metrics, system_checks
 from .results import CheckResult, MonitoringResult, judged
 from .thresholds import INFO, NO_DATA, Threshold, thresholds
 
@@ -106,6 +106,18 @@ def _labelled(impressions, clicks, engagements, as_of, settings: Settings) -> pd
     window = pd.Timedelta(seconds=settings.monitoring_attribution_window_s)
     delay = pd.Timedelta(seconds=settings.monitoring_label_delay_s)
     return attach_labels(impressions, clicks, engagements, window, as_of, delay)
+
+
+def _with_logged(labelled: pd.DataFrame, impressions: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """The matured impressions the ranker scored, with each of `features` as it logged them (NaN: absent)."""
+    unique = impressions.drop_duplicates("event_id")
+    logged = pd.Series(unique["features"].to_numpy(), index=unique["event_id"].astype(str))
+    vectors = labelled["example_id"].astype(str).map(logged)
+    scored = vectors.map(lambda v: isinstance(v, dict) and bool(v)).to_numpy(dtype=bool)
+    out = labelled.loc[scored, ["click", "position"]].reset_index(drop=True)
+    for name in features:
+        out[name] = [v.get(name, np.nan) for v in vectors[scored]]
+    return out
 
 
 def _kpis(settings: Settings, lake: dict[str, pd.DataFrame], start: pd.Timestamp, end: pd.Timestamp):
@@ -189,8 +201,12 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
     checks += model_checks.shadow_checks(_between(lake["shadow_scored"], start, end), th["shadow_score_psi"])
 
     current, labelled = _kpis(settings, lake, start, end)
-    previous, _ = _kpis(settings, lake, start - (end - start), start)
+    previous, labelled_before = _kpis(settings, lake, start - (end - start), start)
     checks += product_metrics.product_checks(current, previous, th["kpi_drop"])
+    tastes = [f for f in concept_checks.TASTE_FEATURES if f in ref["features"]]  # those the champion reads
+    checks += concept_checks.concept_checks(_with_logged(labelled, lake["impression_served"], tastes),
+                                            _with_logged(labelled_before, lake["impression_served"], tastes),
+                                            th["concept_drift"], tastes)
     # Each matured impression's score; NaN for those the ranker did not score.
     by_id = pd.Series(np.arange(len(scored)), index=scored["event_id"].astype(str))
     rows = by_id.reindex(labelled["example_id"]).to_numpy()
