@@ -356,9 +356,14 @@ def summary_line(summary: dict) -> str:
     return json.dumps({k: v for k, v in summary.items() if k != "days"})
 
 
+def _events_cell(day: dict) -> str:
+    """The summary table's last column: a concept-drift mark first (the notes are long), then the notes."""
+    return "; ".join((["CONCEPT DRIFT"] if day.get("drift_alerts") else []) + day["notes"])
+
+
 def print_summary(summary: dict) -> None:
     print(f"\n{'day':>4} {'date':>10} {'ours':>7} {'realised':>8} {'popular':>7} {'oracle':>7} {'p99 ms':>7}  events")
     for d in summary["days"]:
         print(f"{d['day']:>4} {d['date']:>10} {d['ctr_expected']:>7.4f} {d['ctr']:>8.4f} {d['ctr_popularity']:>7.4f} "
-              f"{d['ctr_oracle']:>7.4f} {d['p99_ms']:>7.1f}  {'; '.join(d['notes'] + d.get('drift_alerts', []))[:120]}")
+              f"{d['ctr_oracle']:>7.4f} {d['p99_ms']:>7.1f}  {_events_cell(d)[:120]}")
     print(summary_line(summary))

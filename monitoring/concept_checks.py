@@ -15,8 +15,7 @@ against the previous window, judged by the ``concept_drift`` threshold: a world 
 keeps its lift from day to day even while the models, the catalog and the counters change, and one
 whose tastes moved loses it within a day.
 
-Measured on `make demo`'s lake (FULL, drift on day 3), position-adjusted lift per day: see
-docs/loop.md, "Detecting the drift".
+Measured in `make demo` and the closed-loop test: docs/loop.md, "Detecting the drift".
 """
 
 from __future__ import annotations
@@ -52,6 +51,10 @@ def taste_lift(click: np.ndarray, position: np.ndarray, taste: np.ndarray) -> tu
     return float((o_known / e_known) / (o_rest / e_rest)), n_known, n_rest
 
 
+def _times(lift: float) -> str:
+    return f"{lift:.2f}×" if np.isfinite(lift) else "(too few rows to say)"
+
+
 def concept_checks(current: pd.DataFrame, previous: pd.DataFrame, threshold: Threshold,
                    features=TASTE_FEATURES) -> list[CheckResult]:
     """One check per taste feature present: the lift's relative drop from `previous` to `current`.
@@ -68,6 +71,6 @@ def concept_checks(current: pd.DataFrame, previous: pd.DataFrame, threshold: Thr
             before = float("nan")
         drop = (before - now) / before if np.isfinite(before) and np.isfinite(now) and before > 0 else float("nan")
         out.append(judged(LAYER, CHECK, name, drop, threshold,
-                          f"clicks where {name} > 0 ran {now:.2f}× the rest's (position-adjusted) now, "
-                          f"{before:.2f}× in the previous window ({n1} vs {n0} matured impressions)"))
+                          f"clicks where {name} > 0 ran {_times(now)} the rest's (position-adjusted) now, "
+                          f"{_times(before)} in the previous window ({n1} vs {n0} matured impressions)"))
     return out
