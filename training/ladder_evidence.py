@@ -6,7 +6,8 @@ For a rung that began at ``state.since`` and is judged at ``now``:
   request_id + item_id). A click counts only when it lands within ``attribution`` of its impression
   and before ``now``: the evidence never peeks past the clock the ladder runs on.
 - shadow: ShadowScored events in [since, now): how many requests, the PSI of the challenger's scores
-  against the champion's deciles, both p99 latencies, and how many distinct scores the challenger gave.
+  against the champion's deciles, both tail latencies (`tail_quantile`), and how many distinct
+  scores the challenger gave.
 
 Arm stats carry no latency or error counts yet (impressions do not record them), so the canary's
 guardrails judge CTR; latency is judged in shadow, where both models answer the same requests.
@@ -22,7 +23,7 @@ import pandas as pd
 
 from eightbox.settings import Settings
 
-from .promotion import ArmStats, Evidence, LadderState, ShadowStats
+from .promotion import ArmStats, Evidence, LadderState, ShadowStats, tail_quantile
 
 
 def _window(settings: Settings, event_type: str, start: datetime, end: datetime) -> pd.DataFrame:
@@ -61,9 +62,10 @@ def shadow_stats(shadow: pd.DataFrame) -> ShadowStats:
     champ = [s for row in shadow["champion_scores"] for s in row if s is not None]
     chall = [s for row in shadow["challenger_scores"] for s in row if s is not None]
     summary = numeric_summary(champ)
+    q = tail_quantile(len(shadow))
     return ShadowStats(requests=len(shadow), score_psi=numeric_psi(summary, chall) if chall else math.nan,
-                       challenger_p99_ms=float(np.percentile(shadow["challenger_latency_ms"], 99)),
-                       champion_p99_ms=float(np.percentile(shadow["champion_latency_ms"], 99)),
+                       challenger_tail_ms=float(np.quantile(shadow["challenger_latency_ms"], q)),
+                       champion_tail_ms=float(np.quantile(shadow["champion_latency_ms"], q)),
                        distinct_scores=len(set(np.round(chall, 9))) if chall else 0)
 
 

@@ -19,7 +19,7 @@ from .test_registry import THRESHOLDS, aliases, train_and_log, version_tags
 
 T0 = datetime(2024, 1, 5, tzinfo=timezone.utc)
 CFG = LadderConfig(shadow_hours=2, canary_hours=4, holdback_hours=6, min_shadow_requests=10, min_arm_impressions=100)
-SHADOW_OK = ShadowStats(requests=40, score_psi=0.1, challenger_p99_ms=10, champion_p99_ms=9, distinct_scores=30)
+SHADOW_OK = ShadowStats(requests=40, score_psi=0.1, challenger_tail_ms=10, champion_tail_ms=9, distinct_scores=30)
 
 
 @pytest.fixture

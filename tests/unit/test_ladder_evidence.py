@@ -32,4 +32,4 @@ def test_shadow_stats_flag_a_constant_challenger_and_measure_score_shift():
              "champion_latency_ms": 10.0, "challenger_latency_ms": 20.0} for i in range(1, 11)]
     s = shadow_stats(pd.DataFrame(rows))
     assert s.requests == 10 and s.distinct_scores == 1
-    assert s.score_psi > 0.2 and s.challenger_p99_ms == 20.0 and s.champion_p99_ms == 10.0
+    assert s.score_psi > 0.2 and s.challenger_tail_ms == 20.0 and s.champion_tail_ms == 10.0

@@ -1,14 +1,17 @@
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from eightbox.training.ladder_evidence import shadow_stats
 from eightbox.training.promotion import (ArmStats, Evidence, LadderConfig, LadderState, ShadowStats, decide,
-                                         experiment_for, guardrail_breaches)
+                                         experiment_for, guardrail_breaches, shadow_breaches, tail_quantile)
 
 T0 = datetime(2024, 1, 5, tzinfo=timezone.utc)
 CFG = LadderConfig(shadow_hours=6, canary_hours=12, holdback_hours=24, min_shadow_requests=50,
                    min_arm_impressions=500, max_ctr_drop=0.1, max_score_psi=1.0)
-HEALTHY_SHADOW = ShadowStats(requests=80, score_psi=0.2, challenger_p99_ms=12, champion_p99_ms=10, distinct_scores=500)
+HEALTHY_SHADOW = ShadowStats(requests=80, score_psi=0.2, challenger_tail_ms=12, champion_tail_ms=10, distinct_scores=500)
 
 
 def at(hours: float) -> datetime:
@@ -26,15 +29,15 @@ def test_a_gated_challenger_goes_to_shadow_first():
 def test_shadow_waits_for_its_window_and_enough_requests_then_goes_to_canary():
     s = LadderState("7", "shadow", T0)
     assert decide(s, Evidence(shadow=HEALTHY_SHADOW), at(5.9), CFG).action == "wait"
-    few = ShadowStats(requests=10, score_psi=0.1, challenger_p99_ms=10, champion_p99_ms=10, distinct_scores=9)
+    few = ShadowStats(requests=10, score_psi=0.1, challenger_tail_ms=10, champion_tail_ms=10, distinct_scores=9)
     assert decide(s, Evidence(shadow=few), at(7), CFG).action == "wait"
     assert decide(s, Evidence(shadow=HEALTHY_SHADOW), at(6), CFG).action == "start_canary"
 
 
 @pytest.mark.parametrize("shadow, words", [
-    (ShadowStats(requests=80, score_psi=0.1, challenger_p99_ms=10, champion_p99_ms=10, distinct_scores=1), "same score"),
-    (ShadowStats(requests=80, score_psi=3.0, challenger_p99_ms=10, champion_p99_ms=10, distinct_scores=99), "PSI"),
-    (ShadowStats(requests=80, score_psi=0.1, challenger_p99_ms=120, champion_p99_ms=10, distinct_scores=99), "p99"),
+    (ShadowStats(requests=80, score_psi=0.1, challenger_tail_ms=10, champion_tail_ms=10, distinct_scores=1), "same score"),
+    (ShadowStats(requests=80, score_psi=3.0, challenger_tail_ms=10, champion_tail_ms=10, distinct_scores=99), "PSI"),
+    (ShadowStats(requests=80, score_psi=0.1, challenger_tail_ms=120, champion_tail_ms=10, distinct_scores=99), "p88 120.0 ms"),
 ])
 def test_a_broken_shadow_is_rejected_at_once_with_the_reason(shadow, words):
     d = decide(LadderState("7", "shadow", T0), Evidence(shadow=shadow), at(1), CFG)
@@ -43,7 +46,7 @@ def test_a_broken_shadow_is_rejected_at_once_with_the_reason(shadow, words):
 
 def test_a_slower_model_under_the_latency_floor_is_no_breach():
     # 2.2x the champion's p99, but 39 ms is within the 50 ms SLO: noise on a busy box, not a breach.
-    slower = ShadowStats(requests=80, score_psi=0.1, challenger_p99_ms=39, champion_p99_ms=18, distinct_scores=99)
+    slower = ShadowStats(requests=80, score_psi=0.1, challenger_tail_ms=39, champion_tail_ms=18, distinct_scores=99)
     assert decide(LadderState("7", "shadow", T0), Evidence(shadow=slower), at(6), CFG).action == "start_canary"
     assert guardrail_breaches(arm(1000, 100, p99=39), arm(1000, 100, p99=18), CFG) == []
     assert "p99" in guardrail_breaches(arm(1000, 100, p99=80), arm(1000, 100, p99=18), CFG)[0]
@@ -124,3 +127,22 @@ def test_shares_are_validated():
         LadderConfig(canary_share=0.0)
     with pytest.raises(ValueError):
         LadderConfig(canary_share=0.9, holdback_share=0.2)
+
+
+def test_the_shadow_judges_the_latency_quantile_its_sample_supports():
+    assert tail_quantile(2000) == 0.99 and tail_quantile(1000) == 0.99
+    assert tail_quantile(100) == pytest.approx(0.90) and tail_quantile(150) == pytest.approx(1 - 10 / 150)
+    assert tail_quantile(12) == 0.5 and tail_quantile(0) == 0.99
+
+
+def test_three_slow_requests_among_150_do_not_roll_a_shadow_back():
+    # The closed-loop test's case: a healthy challenger whose p99 (between its second and third slowest
+    # of ~150 requests) was 57.9 ms against 17.5 ms, after a few requests met a busy machine.
+    rows = [{"champion_scores": [0.1 * (i % 7)], "challenger_scores": [0.1 * (i % 9)],
+             "champion_latency_ms": 17.0, "challenger_latency_ms": 60.0 if i < 3 else 18.0} for i in range(150)]
+    stats = shadow_stats(pd.DataFrame(rows))
+    assert np.percentile([r["challenger_latency_ms"] for r in rows], 99) > 50  # a p99 would have breached
+    assert stats.challenger_tail_ms == 18.0 and shadow_breaches(stats, LadderConfig()) == []
+    slow = shadow_stats(pd.DataFrame([{**r, "challenger_latency_ms": 60.0 if i < 30 else 18.0}
+                                      for i, r in enumerate(rows)]))
+    assert any("p93" in b for b in shadow_breaches(slow, LadderConfig()))  # a fifth slow: breached
