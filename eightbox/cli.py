@@ -194,6 +194,17 @@ def stream_start(restore: Optional[str] = typer.Option(None, help="Checkpoint or
         typer.echo(f"stream job running: {control.start(_settings(), restore=restore)}")
 
 
+@stream_app.command("ensure")
+def stream_ensure() -> None:
+    """Make sure the streaming feature job runs: the running one, else resumed from its newest
+    checkpoint or savepoint, else started. Safe to repeat (Compose's stream-job retries it)."""
+    from eightbox.features.stream import control
+
+    with _one_line_errors():
+        job_id, how = control.ensure(_settings())
+    typer.echo(f"stream job {how}: {job_id}")
+
+
 @stream_app.command("stop")
 def stream_stop(savepoint: bool = typer.Option(True, help="Take a savepoint before stopping.")) -> None:
     """Stop the streaming feature job."""

@@ -60,16 +60,10 @@ def _ensure_stream_job(settings: Settings) -> str:
     savepoint (nothing recounted), else started from the earliest offsets."""
     from eightbox.features.stream import control
 
-    job_id = control.find_job(settings)
-    if job_id:
-        print(f"flink feature job: already running ({job_id})")
-        return job_id
-    restore = control.latest_checkpoint(settings)
     t = time.monotonic()
-    print(f"flink feature job: submitting{' from ' + restore if restore else ''} ...", flush=True)
-    job_id = control.start(settings, restore=restore, opts=demo_job_options(settings))
-    control.wait_state(settings, job_id, {"RUNNING"}, timeout=90)
-    print(f"flink feature job: running ({job_id}, {time.monotonic() - t:.1f} s)")
+    print("flink feature job: ensuring it runs ...", flush=True)
+    job_id, how = control.ensure(settings, opts=demo_job_options(settings))
+    print(f"flink feature job: {how} ({job_id}, {time.monotonic() - t:.1f} s)")
     return job_id
 
 

@@ -9,6 +9,8 @@ These are the functions behind `eightbox features stream start|stop|status`:
 - ``restart(settings, job_id=None) -> job_id``: cancel the job if it still exists, then start it
   again from the newest retained checkpoint or savepoint (nothing lost, nothing counted twice).
 - ``status(settings, job_id=None) -> dict``: state, ids, checkpoint counts, latest checkpoint.
+- ``ensure(settings) -> (job_id, what was done)``: the running job, else one resumed from the newest
+  retained checkpoint or savepoint, else a fresh one; idempotent, so a deployment can retry it.
 """
 
 from __future__ import annotations
@@ -91,6 +93,19 @@ def start(settings: Settings, restore: str | None = None, opts: JobOptions | Non
     tail = (done.stderr.strip().splitlines() or ["no output"])
     reason = next((ln for ln in reversed(tail) if "Exception" in ln or "Error" in ln), tail[-1])
     raise StreamJobError(f"job submission failed (exit {done.returncode}): {reason[:500]}")
+
+
+def ensure(settings: Settings, opts: JobOptions | None = None, timeout: float = 90.0) -> tuple[str, str]:
+    """The feature job running: the running one, else resumed from its newest retained checkpoint or
+    savepoint (nothing recounted), else started from the earliest offsets. Returns (job id, what was
+    done: "already running", "resumed from <path>" or "started")."""
+    job_id = find_job(settings)
+    if job_id:
+        return job_id, "already running"
+    restore = latest_checkpoint(settings)
+    job_id = start(settings, restore=restore, opts=opts)
+    wait_state(settings, job_id, {"RUNNING"}, timeout=timeout)
+    return job_id, f"resumed from {restore}" if restore else "started"
 
 
 def wait_state(settings: Settings, job_id: str, states: set[str], timeout: float = 60.0) -> str:

@@ -283,3 +283,4 @@ def test_sigkill_and_restart_from_checkpoint_loses_and_duplicates_nothing(stack_
         raise AssertionError(f"{e}; {len(late)} of this phase's events went to LATE_EVENTS "
                              f"({Counter(r['event_type'] for r in late)}), e.g. {late[:2]}") from None
     assert control.status(stack_settings, new_id)["state"] == "RUNNING"
+    assert control.ensure(stack_settings, opts=job["opts"]) == (new_id, "already running")
