@@ -220,11 +220,10 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     import httpx
 
     from eightbox.deploy.serving_service import base_url
+    from eightbox.monitoring.concept_checks import CHECK as CONCEPT_DRIFT
     from eightbox.training.ladder_evidence import from_lake
     from eightbox.training.ladder_runner import LadderRunner
     from eightbox.training.pipeline import TrainConfig, train
-
-    from eightbox.monitoring.concept_checks import CHECK as CONCEPT_DRIFT
 
     started = time.monotonic()
     market, leftovers = bootstrap()

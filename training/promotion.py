@@ -144,9 +144,9 @@ MIN_TAIL_REQUESTS = 10  # requests above the judged latency quantile: with fewer
 
 def tail_quantile(requests: int) -> float:
     """The latency quantile `requests` shadowed requests can judge: 0.99 from 1,000 on, below that the
-    one with `MIN_TAIL_REQUESTS` above it (0.90 at 100, 0.93 at 150), never under the median. A p99 of
-    150 requests is their second slowest: a healthy challenger was rolled back on 57.9 ms against
-    17.5 ms in the closed-loop test."""
+    one with `MIN_TAIL_REQUESTS` above it (0.90 at 100, 0.93 at 150), never under the median. The p99
+    of 150 requests lies between their second and third slowest: a healthy challenger was rolled
+    back on 57.9 ms against 17.5 ms in the closed-loop test."""
     return min(0.99, max(0.5, 1 - MIN_TAIL_REQUESTS / requests)) if requests > 0 else 0.99
 
 
