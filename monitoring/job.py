@@ -108,10 +108,15 @@ def _labelled(impressions, clicks, engagements, as_of, settings: Settings) -> pd
     return attach_labels(impressions, clicks, engagements, window, as_of, delay)
 
 
-def _with_logged(labelled: pd.DataFrame, impressions: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """The matured impressions the ranker scored, with each of `features` as it logged them (NaN: absent)."""
+def _logged_vectors(impressions: pd.DataFrame) -> pd.Series:
+    """Each impression's logged feature vector, by event id."""
     unique = impressions.drop_duplicates("event_id")
-    logged = pd.Series(unique["features"].to_numpy(), index=unique["event_id"].astype(str))
+    return pd.Series(unique["features"].to_numpy(), index=unique["event_id"].astype(str))
+
+
+def _with_logged(labelled: pd.DataFrame, logged: pd.Series, features: list[str]) -> pd.DataFrame:
+    """The matured impressions the ranker scored (`logged`: `_logged_vectors`), with each of
+    `features` as it logged them (NaN: absent)."""
     vectors = labelled["example_id"].astype(str).map(logged)
     scored = vectors.map(lambda v: isinstance(v, dict) and bool(v)).to_numpy(dtype=bool)
     out = labelled.loc[scored, ["click", "position"]].reset_index(drop=True)
@@ -170,9 +175,11 @@ def default_metrics_url(settings: Settings) -> str:
 
 
 def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_name: str | None = None,
-                   metrics_url: str | None = None, kafka_lag: bool = True, write: bool = True) -> MonitoringResult:
+                   metrics_url: str | None = None, kafka_lag: bool = True, write: bool = True,
+                   log_alerts: bool = True) -> MonitoringResult:
     """Check [start, end) in all four layers (see the module docstring); `metrics_url` None skips
-    the serving scrape, `kafka_lag` False the lag check, `write` False the lake and textfile."""
+    the serving scrape, `kafka_lag` False the lag check, `write` False the lake and textfile,
+    `log_alerts` False the warning per alert (for callers that report them their own way)."""
     from eightbox.training.labels import utc
 
     start, end = utc(start), utc(end)
@@ -204,9 +211,9 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
     previous, labelled_before = _kpis(settings, lake, start - (end - start), start)
     checks += product_metrics.product_checks(current, previous, th["kpi_drop"])
     tastes = [f for f in concept_checks.TASTE_FEATURES if f in ref["features"]]  # those the champion reads
-    checks += concept_checks.concept_checks(_with_logged(labelled, lake["impression_served"], tastes),
-                                            _with_logged(labelled_before, lake["impression_served"], tastes),
-                                            th["concept_drift"], tastes)
+    logged = _logged_vectors(lake["impression_served"])
+    checks += concept_checks.concept_checks(_with_logged(labelled, logged, tastes),
+                                            _with_logged(labelled_before, logged, tastes), th["concept_drift"], tastes)
     # Each matured impression's score; NaN for those the ranker did not score.
     by_id = pd.Series(np.arange(len(scored)), index=scored["event_id"].astype(str))
     rows = by_id.reindex(labelled["example_id"]).to_numpy()
@@ -232,6 +239,6 @@ def run_monitoring(settings: Settings, start: datetime, end: datetime, *, model_
 
         write_result(settings, result)
         write_textfile(settings, result)
-    for alert in result.alerts:
+    for alert in result.alerts if log_alerts else ():
         log.warning("monitoring alert: %s", alert.alert)
     return result
