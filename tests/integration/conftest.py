@@ -15,7 +15,10 @@ from eightbox.ingest.topics import ensure_topics
 from eightbox.settings import Settings
 
 # Offset from the defaults, so tests never touch a demo stack running beside them; a second test
-# run at the same time sets EIGHTBOX_TEST_PORT_OFFSET to keep clear of the first.
+# run at the same time sets EIGHTBOX_TEST_PORT_OFFSET to keep clear of the first. Every port stays
+# below 32768, where Linux starts handing out ephemeral ports to client sockets: a fixed port inside
+# that range can be taken at random by any outgoing connection (a CI run lost one that way).
+EPHEMERAL_START = 32768
 _OFFSET = int(os.environ.get("EIGHTBOX_TEST_PORT_OFFSET", "0"))
 TEST_PORTS = {k: v + _OFFSET for k, v in dict(
     kafka_port=29092, kafka_controller_port=29093, redis_port=26379, mlflow_port=25000,
