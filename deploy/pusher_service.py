@@ -16,8 +16,9 @@ one member of the `settings.pusher_group` consumer group on ``eightbox.feature-u
 
 It is not in `deploy.services.embedded_services` (that is the set of engines, which tests count);
 `stack_services(settings)` is the embedded stack plus this pusher and the serving API
-(deploy/serving_service.py), in start order, as the CLI's `up`/`down`/`status`, `make demo` and the
-freshness bench use it.
+(deploy/serving_service.py), in start order, as `make demo` and the freshness bench use it; with
+`with_loop` also the wall-clock loop (an archiver, monitoring, the controller), as the CLI's
+`up`/`down`/`status` use it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from eightbox.settings import Settings
 
-from .services import ServiceSpec, StackError, embedded_services
+from .services import ServiceSpec, embedded_services, require_topics
 
 NAME = "pusher"
 HEARTBEAT_STALE_S = 15.0
@@ -50,13 +51,8 @@ def heartbeat(settings: Settings) -> dict | None:
 def pusher(settings: Settings) -> ServiceSpec:
     def prepare() -> None:
         from eightbox.features.store import apply
-        from eightbox.ingest.topics import ensure_topics
 
-        try:
-            ensure_topics(settings)
-        except Exception as e:
-            raise StackError(f"pusher: Kafka at {settings.kafka_servers} is not reachable ({e}); "
-                             "start kafka first") from None
+        require_topics(settings, NAME)
         apply(settings)
         heartbeat_path(settings).unlink(missing_ok=True)
 
@@ -74,20 +70,26 @@ def pusher(settings: Settings) -> ServiceSpec:
 
 def stack_services(settings: Settings, with_pusher: bool = True,
                    only: tuple[str, ...] | None = None, with_serving: bool = True,
-                   with_monitoring: bool = False) -> dict[str, ServiceSpec]:
+                   with_loop: bool = False) -> dict[str, ServiceSpec]:
     """The embedded stack (optionally without MLflow etc.: `only` names what to keep), the pusher, the
     serving API (it needs Kafka, Redis and MLflow; without a champion it answers lower rungs) and,
-    when asked, the wall-clock monitoring job (the demo's loop monitors its simulated days itself)."""
+    when asked, the wall-clock loop: a lake archiver, the monitoring service and the controller that
+    retrains and climbs the ladder (the demo's loop does all three itself, on simulated days)."""
+    from .archiver_service import NAME as ARCHIVER, archiver
+    from .controller_service import NAME as CONTROLLER, controller
     from .monitoring_service import NAME as MONITORING, monitoring
     from .serving_service import NAME as SERVING, serving
 
     services = embedded_services(settings)
+    if with_loop:
+        services[ARCHIVER] = archiver(settings)
     if with_pusher:
         services[NAME] = pusher(settings)
     if with_serving:
         services[SERVING] = serving(settings)
-    if with_monitoring:
+    if with_loop:
         services[MONITORING] = monitoring(settings)
+        services[CONTROLLER] = controller(settings)
     if only is not None:
         services = {k: v for k, v in services.items() if k in only}
     return services

@@ -45,6 +45,18 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
     except Exception:
         return False
 
+def require_topics(settings: Settings, service: str) -> None:
+    """The contract's topics exist (a consumer would otherwise wait for topics the broker never
+    auto-creates), or a one-line StackError naming the service that needed Kafka."""
+    from eightbox.ingest.topics import ensure_topics
+
+    try:
+        ensure_topics(settings)
+    except Exception as e:
+        raise StackError(f"{service}: Kafka at {settings.kafka_servers} is not reachable ({e}); "
+                         "start kafka first") from None
+
+
 def java_binary() -> str:
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")

@@ -14,7 +14,7 @@ import sys
 
 from eightbox.settings import Settings
 
-from .services import ServiceSpec, StackError, http_ok
+from .services import ServiceSpec, http_ok, require_topics
 
 NAME = "serving"
 
@@ -26,13 +26,8 @@ def base_url(settings: Settings) -> str:
 def serving(settings: Settings) -> ServiceSpec:
     def prepare() -> None:
         from eightbox.features.store import apply
-        from eightbox.ingest.topics import ensure_topics
 
-        try:
-            ensure_topics(settings)
-        except Exception as e:
-            raise StackError(f"serving: Kafka at {settings.kafka_servers} is not reachable ({e}); "
-                             "start kafka first") from None
+        require_topics(settings, NAME)
         apply(settings)
 
     def healthy() -> bool:

@@ -54,29 +54,32 @@ def _one_line_errors():
 
 
 def _supervisor():
-    """The embedded stack, the feature pusher, serving and monitoring (deploy/pusher_service.py), in start order."""
+    """The embedded stack, the pusher, serving and the wall-clock loop (archiver, monitoring, controller):
+    deploy/pusher_service.py `stack_services`, in start order."""
     from eightbox.deploy.pusher_service import stack_services
     from eightbox.deploy.supervisor import Supervisor
 
     settings = _settings()
-    return Supervisor(settings, stack_services(settings, with_monitoring=True))
+    return Supervisor(settings, stack_services(settings, with_loop=True))
 
 
 @app.command()
 def up(services: list[str] = typer.Argument(None, help="Services to start (default: all).")) -> None:
-    """Start the embedded stack and wait until every service is healthy."""
-    from eightbox.deploy.services import StackError
+    """Start the embedded stack and wait until every service is healthy; the whole stack also gets
+    its streaming feature job (submitted, or resumed from its newest checkpoint)."""
+    from eightbox.features.stream import control
     from eightbox.ingest.topics import ensure_topics
 
     sup = _supervisor()
-    try:
+    with _one_line_errors():
         sup.up(services or None)
         if "kafka" in (services or sup.services):
             created = ensure_topics(sup.settings)
             if created:
                 typer.echo(f"topics created: {', '.join(created)}")
-    except StackError as e:
-        _fail(str(e))
+        if not services:
+            job_id, done = control.ensure(sup.settings)
+            typer.echo(f"feature job {job_id}: {done}")
 
 
 @app.command()
@@ -105,16 +108,34 @@ def topics() -> None:
 
 
 @app.command()
-def archive(idle_exit: Optional[float] = typer.Option(None, help="Exit after this many idle seconds.")) -> None:
+def archive(idle_exit: Optional[float] = typer.Option(None, help="Exit after this many idle seconds."),
+            heartbeat: Optional[Path] = typer.Option(None, help="File rewritten every few seconds while "
+                                                      "running (the supervisor's health check).")) -> None:
     """Run one lake archiver (a consumer-group member) until SIGTERM/SIGINT."""
     from eightbox.ingest.archiver import LakeArchiver
+    from eightbox.periodic import BEAT_S, beat
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     archiver = LakeArchiver(_settings())
-    n = archiver.run(stop, idle_exit_s=idle_exit)
+    beater = None
+    if heartbeat is not None:
+        def beating() -> None:
+            while True:
+                beat(heartbeat, {"archived": archiver.archived})
+                if stop.wait(BEAT_S):
+                    return
+        beater = threading.Thread(target=beating, name="heartbeat", daemon=True)
+        beater.start()
+    try:
+        n = archiver.run(stop, idle_exit_s=idle_exit)
+    finally:
+        stop.set()
+        if beater is not None:
+            beater.join()
+            heartbeat.unlink(missing_ok=True)
     typer.echo(f"archived {n} events")
 
 

@@ -133,9 +133,8 @@ def _watch_streaming_features(settings: Settings, job_id: str, events: list, day
 
 def _backfill_and_materialize(settings: Settings, first_day: date, last_day: date) -> None:
     """Spark recomputes the daily tables of the simulated day(s) from the lake; Feast loads them online."""
-    from eightbox.features import store as feature_store
     from eightbox.features.backfill import backfill_days
-    from eightbox.features.backfill import midnight
+    from eightbox.features.nightly import DAILY_VIEWS, materialize_daily
 
     t = time.monotonic()
     print(f"  Spark backfill ({settings.spark_master}) of {first_day}"
@@ -150,12 +149,9 @@ def _backfill_and_materialize(settings: Settings, first_day: date, last_day: dat
         files = list((settings.features_dir / table).glob("dt=*/push+*.parquet"))
         print(f"    {table:<22} {len(files):>8} files from the streaming pusher")
     t = time.monotonic()
-    feature_store.apply(settings)
-    end = midnight(last_day + timedelta(days=1))
-    print("  Feast: registry applied; materializing the daily views into Redis ...", flush=True)
-    daily = ["user_daily", "user_category_daily", "item_daily", "creator_daily"]
-    feature_store.materialize(settings, end - timedelta(days=31), end, views=daily)
-    print(f"  Feast: materialized {', '.join(daily)} up to {end:%Y-%m-%d %H:%M}Z ({time.monotonic() - t:.0f} s)")
+    print("  Feast: applying the registry, materializing the daily views into Redis ...", flush=True)
+    end = materialize_daily(settings, last_day)
+    print(f"  Feast: materialized {', '.join(DAILY_VIEWS)} up to {end:%Y-%m-%d %H:%M}Z ({time.monotonic() - t:.0f} s)")
 
 
 def _train(settings: Settings, tower_epochs: int):

@@ -184,12 +184,6 @@ def _archive(settings: Settings) -> int:
     return LakeArchiver(settings).run(idle_exit_s=2.0)
 
 
-def _dataset_source(path: str) -> str:
-    from eightbox.training.datasets import load_dataset
-
-    return str(load_dataset(path).manifest.get("source", "?"))
-
-
 def _reload(http, settings: Settings) -> None:
     token = sorted(settings.admin_tokens)[0]
     r = http.post("/admin/reload", headers={"Authorization": f"Bearer {token}"})
@@ -208,14 +202,6 @@ def _monitor(settings: Settings, start: datetime, end: datetime, report_path) ->
     return result.alerts, result
 
 
-def retrain_reason(profile: LoopProfile, day: int, last_retrain_day: int, drifted: bool) -> str | None:
-    """Why to retrain after `day` ("concept drift", "nightly"), or None: not yet."""
-    if drifted:
-        return "concept drift"
-    due = profile.retrain_every_days and day - last_retrain_day >= profile.retrain_every_days
-    return "nightly" if due else None
-
-
 def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lambda *a: None) -> dict:
     """Days 1..profile.days on a stack whose day 0 `bootstrap(market)` has built (traffic published,
     first champion registered). Returns the summary (also the bench's JSON)."""
@@ -224,8 +210,9 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     from eightbox.deploy.serving_service import base_url
     from eightbox.monitoring.concept_checks import CHECK as CONCEPT_DRIFT
     from eightbox.training.ladder_evidence import from_lake
+    from eightbox.training.controller import retrain
     from eightbox.training.ladder_runner import LadderRunner
-    from eightbox.training.pipeline import TrainConfig, train
+    from eightbox.training.retrain_trigger import retrain_reason
 
     started = time.monotonic()
     market, leftovers = bootstrap()
@@ -236,7 +223,7 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     latencies_all: list[float] = []
     detected_at = None
     retrains: list[datetime] = []
-    last_retrain_day = 0
+    last_retrain = start + timedelta(days=1)  # day 0's model, trained at its end
     promotions: list[tuple[datetime, datetime]] = []  # (promoted at, the newest data its model learned from)
     learned_until: dict[str, datetime] = {}  # version → as_of of its training
     sources: list[str] = []  # where each retrain's examples came from ("logged": serving's own impressions)
@@ -290,25 +277,22 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
                   f"{'; '.join(row.drift_alerts) or 'none'}  report: {report}")
             if row.drift_alerts and day >= profile.drift_day and detected_at is None:
                 detected_at = day_end
-            why = retrain_reason(profile, day, last_retrain_day, bool(row.drift_alerts))
+            every = timedelta(days=profile.retrain_every_days) if profile.retrain_every_days else None
+            why = retrain_reason(day_end, last_retrain, every, len(row.drift_alerts))
             if why and not ladder.active:
                 header("4", "training", f"retrain after day {day} ({why})")
-                last_retrain_day = day
+                last_retrain = day_end
                 window = timedelta(days=profile.train_window_days) if profile.train_window_days else None
-                result = train(settings, TrainConfig(as_of=day_end, promote="never", tower_epochs=profile.tower_epochs,
-                                                     model_name=settings.serving_model_name, window=window),
+                done = retrain(settings, day_end, why, window=window, tower_epochs=profile.tower_epochs,
                                progress=lambda m: print(f"  {m}", flush=True))
                 retrains.append(day_end)
-                sources.append(_dataset_source(result.dataset))
-                learned_until[result.version] = day_end
-                if result.gate_passed:
-                    ladder.start(result.version, day_end)
+                sources.append(done.source)
+                learned_until[done.version] = day_end
+                if done.challenger:
+                    ladder.start(done.version, day_end)
                     ladder.step(day_end)  # shadow starts with the next request, not the next tick
                     _reload(http, settings)
-                    row.notes.append(f"retrained v{result.version} ({why}) on {sources[-1]} features: gate passed → shadow")
-                else:
-                    row.notes.append(f"retrained v{result.version} ({why}): gate refused "
-                                     f"({'; '.join(result.gate_reasons)[:200]})")
+                row.notes.append(done.note)
                 print(f"  {row.notes[-1]}")
             rows.append(row)
         traffic.backend.close()

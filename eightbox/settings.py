@@ -221,6 +221,43 @@ class Settings(BaseSettings):
                              "an impression is labelled only once its attribution window has closed")
         return self
 
+    # --- The loop's controller (training/controller.py) --------------------------------------
+    controller_interval_s: float = Field(60.0, gt=0)
+    """How often the controller (`python -m eightbox.training.controller`) wakes: it steps the
+    promotion ladder, and runs the nightly batch and retrains when they are due."""
+
+    controller_nightly_hour: int = Field(2, ge=0, le=23)
+    """Hour (UTC) from which the nightly batch runs for the days before today: the Spark backfill
+    of the daily feature tables, then Feast materialization into Redis."""
+
+    controller_retrain_every_h: float = Field(24.0, ge=0)
+    """A retrain this many hours after the last one; 0 retrains on concept-drift alerts only (the
+    monitoring service's `concept_drift` at `act`, which retrains at once whatever the schedule)."""
+
+    controller_train_window_days: float = Field(7.0, ge=0)
+    """A retrain learns from this many recent days of the lake; 0 means all of it."""
+
+    controller_ladder: str = "{}"
+    """Overrides of the promotion ladder, JSON {field: value} of `training.promotion.LadderConfig`,
+    e.g. ``{"canary_hours": 24, "canary_share": 0.1}``."""
+
+    @property
+    def controller_ladder_config(self):
+        """`controller_ladder` as a `LadderConfig`."""
+        import json
+
+        from eightbox.training.promotion import LadderConfig
+
+        return LadderConfig(**json.loads(self.controller_ladder))
+
+    @model_validator(mode="after")
+    def _controller_ladder_valid(self) -> "Settings":
+        try:
+            self.controller_ladder_config
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"EIGHTBOX_CONTROLLER_LADDER must be JSON {{field: value}} of LadderConfig: {e}") from None
+        return self
+
     # --- Startup -----------------------------------------------------------------------------
     start_timeout_s: float = 90.0
     """How long `eightbox up` waits for a service to become healthy."""

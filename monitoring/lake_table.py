@@ -7,6 +7,7 @@ file; files are written atomically with the raw lake's writer.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -33,9 +34,11 @@ def write_result(settings: Settings, result: MonitoringResult) -> Path:
     return path
 
 
-def read_results(settings: Settings) -> pd.DataFrame:
-    """Every stored check, oldest window first (empty when monitoring never ran)."""
-    files = sorted(table_dir(settings).glob("dt=*/*.parquet"))
+def read_results(settings: Settings, since: date | None = None) -> pd.DataFrame:
+    """Every stored check, oldest window first (empty when monitoring never ran); with `since`, only
+    the windows that ended on or after that date (the partitions before it are not read)."""
+    files = sorted(f for f in table_dir(settings).glob("dt=*/*.parquet")
+                   if since is None or f.parent.name >= f"dt={since:%Y-%m-%d}")
     if not files:
         return pd.DataFrame()
     df = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)

@@ -9,11 +9,11 @@ written as a node-exporter textfile (``<run_dir>/monitoring.prom``) that any scr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from eightbox.periodic import replace_file
 from eightbox.settings import Settings
 
 from .results import MonitoringResult
@@ -44,15 +44,6 @@ def render(result: MonitoringResult) -> bytes:
 
 def textfile_path(settings: Settings) -> Path:
     return settings.run_dir / "monitoring.prom"
-
-
-def replace_file(path: Path, data: bytes) -> Path:
-    """Write `data` beside `path`, then rename over it: a reader sees the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def write_textfile(settings: Settings, result: MonitoringResult) -> Path:

@@ -3,29 +3,23 @@ deploy/monitoring_service.py).
 
 Every ``monitoring_interval_s`` it runs `run_monitoring` over the last ``monitoring_window_s``
 (this scheduler is the only place that reads the clock; the checks take the window as arguments),
-writes the HTML report to ``<run_dir>/monitoring.html`` and, at least every `BEAT_S`, a heartbeat
+writes the HTML report to ``<run_dir>/monitoring.html`` and, at least every `periodic.BEAT_S`, a heartbeat
 ``<run_dir>/monitoring.heartbeat`` (JSON: time, pid, last window end, alerts, last error). A run
 that fails (no champion yet, MLflow briefly away) is logged and retried at the next interval.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
-import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from eightbox.periodic import run_periodic
 from eightbox.settings import Settings
 
 from .job import default_metrics_url, run_monitoring
-from .prometheus import replace_file
 
 log = logging.getLogger("eightbox.monitoring")
-BEAT_S = 5.0
 
 
 def heartbeat_path(settings: Settings) -> Path:
@@ -34,10 +28,6 @@ def heartbeat_path(settings: Settings) -> Path:
 
 def report_path(settings: Settings) -> Path:
     return settings.run_dir / "monitoring.html"
-
-
-def _beat(settings: Settings, state: dict) -> None:
-    replace_file(heartbeat_path(settings), json.dumps({"time": time.time(), "pid": os.getpid(), **state}).encode())
 
 
 def run_once(settings: Settings, end: datetime) -> dict:
@@ -58,15 +48,6 @@ def run_once(settings: Settings, end: datetime) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    state: dict = {"last_end": None, "alerts": None, "error": None}
-    _beat(settings, state)
-    while not stop.is_set():
-        state = run_once(settings, datetime.now(timezone.utc))
-        next_run = time.monotonic() + settings.monitoring_interval_s
-        while not stop.is_set() and time.monotonic() < next_run:
-            _beat(settings, state)
-            stop.wait(min(BEAT_S, max(next_run - time.monotonic(), 0.0)))
-    heartbeat_path(settings).unlink(missing_ok=True)
+    run_periodic(heartbeat_path(settings), settings.monitoring_interval_s,
+                 lambda: run_once(settings, datetime.now(timezone.utc)),
+                 initial={"last_end": None, "alerts": None, "error": None})

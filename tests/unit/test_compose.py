@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -28,10 +29,13 @@ def test_every_eightbox_variable_in_compose_is_a_settings_field():
 
 def test_compose_runs_the_services_the_embedded_stack_runs():
     services = _compose()["services"]
-    assert {"kafka", "redis", "mlflow", "archiver", "pusher", "serving", "monitoring"} <= set(services)
+    assert {"kafka", "redis", "mlflow", "archiver", "pusher", "serving", "monitoring", "controller"} <= set(services)
     assert services["redis"]["command"][-1] == "everysec", "same AOF policy as the embedded Redis"
     for name in ("topics", "archiver"):  # commands exist in the CLI
         assert services[name]["command"][0] in {"topics", "archive"}
+    for name in ("serving", "monitoring", "controller"):  # `python -m <module>`: the modules exist
+        module = services[name]["entrypoint"][-1]
+        assert importlib.util.find_spec(module) is not None, module
 
 
 def _flink_properties(service: dict) -> dict[str, str]:

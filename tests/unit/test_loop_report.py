@@ -1,7 +1,7 @@
 import math
 from datetime import datetime, timedelta, timezone
 
-from eightbox.loop import DayRow, LoopProfile, retrain_reason, summarise, summary_line
+from eightbox.loop import DayRow, LoopProfile, summarise, summary_line
 from eightbox.loop_report import _events, write_loop_report
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -64,12 +64,3 @@ def test_concept_drift_alerts_before_the_drift_day_are_counted_as_false_alarms(t
     assert s["drift_alert_days"] == [1, 2] and s["false_alarm_days"] == [1]
     page = write_loop_report(s, PROFILE.drift_day, tmp_path / "loop.html").read_text()
     assert "concept_drift[uc_affinity_30d]" in page and "1 other alert(s)" in page
-
-
-def test_a_retrain_follows_concept_drift_at_once_and_otherwise_the_schedule():
-    nightly, on_drift = LoopProfile(retrain_every_days=1), LoopProfile(retrain_every_days=None)
-    assert retrain_reason(nightly, 3, 2, drifted=False) == "nightly"
-    assert retrain_reason(nightly, 3, 2, drifted=True) == "concept drift"
-    assert retrain_reason(on_drift, 3, 0, drifted=False) is None
-    assert retrain_reason(on_drift, 3, 0, drifted=True) == "concept drift"
-    assert retrain_reason(LoopProfile(retrain_every_days=2), 3, 2, drifted=False) is None

@@ -1,0 +1,58 @@
+"""A supervised service that does its work every `interval_s` and beats in between: the monitoring
+service and the loop's controller. The heartbeat (JSON: time, pid, plus what the last run returned)
+is rewritten atomically every `BEAT_S`, from a thread of its own, so the supervisor can tell a live service from a hung one;
+SIGTERM or SIGINT ends the wait, and the heartbeat is removed on the way out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+BEAT_S = 5.0
+
+
+def replace_file(path: Path, data: bytes) -> Path:
+    """Write `data` beside `path`, then rename over it: a reader sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def beat(path: Path, state: dict) -> None:
+    replace_file(path, json.dumps({"time": time.time(), "pid": os.getpid(), **state}, default=str).encode())
+
+
+def run_periodic(heartbeat: Path, interval_s: float, work: Callable[[], dict], initial: dict | None = None) -> None:
+    """Call `work` now and every `interval_s` until a signal; its dict goes into the heartbeat, which
+    a thread keeps beating while `work` runs too (a retrain takes minutes), with ``busy`` true.
+    `work` handles its own failures (a service outlives a failed run)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    state = {**(initial or {}), "busy": False}
+    done = threading.Event()
+
+    def beating() -> None:
+        while not done.is_set():
+            beat(heartbeat, state)
+            done.wait(BEAT_S)
+
+    beat(heartbeat, state)
+    beater = threading.Thread(target=beating, name="heartbeat", daemon=True)
+    beater.start()
+    try:
+        while not stop.is_set():
+            state = {**state, "busy": True}
+            state = {**work(), "busy": False}
+            stop.wait(interval_s)
+    finally:
+        done.set()
+        beater.join()
+        heartbeat.unlink(missing_ok=True)
