@@ -92,10 +92,11 @@ def down(services: list[str] = typer.Argument(None, help="Services to stop (defa
 def status() -> None:
     """Health, pid, port and resident memory of each embedded service."""
     rows = _supervisor().status()
-    typer.echo(f"{'service':<8} {'state':<18} {'pid':>7} {'port':>6} {'rss MiB':>8}")
+    w = max(len("service"), *(len(r.name) for r in rows))
+    typer.echo(f"{'service':<{w}} {'state':<18} {'pid':>7} {'port':>6} {'rss MiB':>8}")
     for r in rows:
-        typer.echo(f"{r.name:<8} {r.state:<18} {r.pid or '-':>7} {r.port:>6} {r.rss_mb:>8.0f}")
-    typer.echo(f"{'total':<8} {'':<18} {'':>7} {'':>6} {sum(r.rss_mb for r in rows):>8.0f}")
+        typer.echo(f"{r.name:<{w}} {r.state:<18} {r.pid or '-':>7} {r.port or '-':>6} {r.rss_mb:>8.0f}")
+    typer.echo(f"{'total':<{w}} {'':<18} {'':>7} {'':>6} {sum(r.rss_mb for r in rows):>8.0f}")
 
 
 @app.command()
@@ -141,11 +142,16 @@ def archive(idle_exit: Optional[float] = typer.Option(None, help="Exit after thi
 
 @app.command()
 def simulate(hours: float = typer.Option(24.0, help="Simulated hours of traffic."),
-             seed: int = typer.Option(7), quick: bool = typer.Option(False, help="A small world.")) -> None:
+             seed: int = typer.Option(7), quick: bool = typer.Option(False, help="A small world."),
+             until_now: bool = typer.Option(False, help="The traffic ends now (default: it starts on the "
+                                            "simulator's fixed date), for the wall-clock services of `eightbox up`.")) -> None:
     """Publish simulated marketplace traffic to Kafka through the ingestion gateway."""
+    from datetime import timedelta
+
     from eightbox.ingest.publish import publish_simulation
 
-    publish_simulation(_settings(), hours=hours, seed=seed, quick=quick)
+    start = datetime.now(timezone.utc) - timedelta(hours=hours) if until_now else None
+    publish_simulation(_settings(), hours=hours, seed=seed, quick=quick, start=start)
 
 
 @app.command("dead-letters")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import datetime
 from typing import Iterable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,12 +18,13 @@ from .simulator import Marketplace, SimConfig
 QUICK_WORLD = dict(n_users=500, n_items=400, n_creators=60, sessions_per_hour=120.0)
 
 
-def simulation_events(hours: float, seed: int, quick: bool = False,
-                      after_hours: float = 0.0) -> tuple[Marketplace, list[_Event]]:
+def simulation_events(hours: float, seed: int, quick: bool = False, after_hours: float = 0.0,
+                      start: datetime | None = None) -> tuple[Marketplace, list[_Event]]:
     """A seeded world's traffic from `after_hours` to `after_hours + hours`, in event-time order,
     with the world's bootstrap events when starting from the beginning. Replaying the clock to
-    `after_hours` first makes consecutive calls continue one world instead of repeating it."""
-    config = SimConfig(seed=seed, **(QUICK_WORLD if quick else {}))
+    `after_hours` first makes consecutive calls continue one world instead of repeating it. The
+    world's clock starts at `start` (default: the simulator's fixed date)."""
+    config = SimConfig(seed=seed, **(QUICK_WORLD if quick else {}), **({"start": start} if start else {}))
     market = Marketplace(config)
     if after_hours:
         for _ in market.simulate(hours=after_hours):
@@ -57,6 +59,7 @@ def publish_events(settings: Settings, events: Iterable[_Event], label: str = "e
     return counts
 
 
-def publish_simulation(settings: Settings, hours: float, seed: int, quick: bool = False) -> Counter:
-    _, events = simulation_events(hours, seed, quick)
+def publish_simulation(settings: Settings, hours: float, seed: int, quick: bool = False,
+                       start: datetime | None = None) -> Counter:
+    _, events = simulation_events(hours, seed, quick, start=start)
     return publish_events(settings, events, label=f"{hours:g} simulated hours")
