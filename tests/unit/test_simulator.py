@@ -263,3 +263,16 @@ def test_oracle_policy_gets_a_higher_click_rate_than_popularity_policy():
     _, by_oracle = run(hours=3.0, policy=oracle_policy)
     _, by_chance = run(hours=3.0, policy=random_policy)
     assert ctr(by_oracle) > 1.3 * ctr(by_popularity) > 1.3 * ctr(by_chance)
+
+
+def test_published_traffic_can_end_now_for_the_wall_clock_services():
+    from datetime import datetime, timezone
+
+    from eightbox.ingest.publish import simulation_events
+
+    start = datetime(2026, 11, 25, 18, tzinfo=timezone.utc)
+    _, events = simulation_events(2.0, seed=3, quick=True, start=start)
+    times = [e.event_time for e in events]
+    assert min(times) == start  # the world's bootstrap events carry its start
+    _, default = simulation_events(2.0, seed=3, quick=True)
+    assert min(e.event_time for e in default) == SimConfig().start
