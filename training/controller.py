@@ -8,9 +8,10 @@ What the closed-loop demo (eightbox/loop.py) does after each simulated day, done
    whole days not yet done, then Feast materialization (`features.nightly`);
 2. the promotion ladder's step, when a model is climbing (`LadderRunner`, on the lake's evidence);
 3. otherwise a retrain when one is due (`retrain_trigger`): a concept-drift alert in the monitoring
-   service's results since the last retrain, or the schedule (``controller_retrain_every_h``). The
-   candidate learns from the last ``controller_train_window_days``; one that passes the offline gate
-   starts up the ladder (the first model of a registry becomes champion directly).
+   service's results since the last retrain, or the schedule (``controller_retrain_every_h``); with
+   no champion at all, the first model as soon as the lake holds impressions. The candidate learns
+   from the last ``controller_train_window_days``; one that passes the offline gate starts up the
+   ladder (the first model of a registry becomes champion directly).
 
 Its state (the last nightly day, the last retrain, the ladder's rung and history) is a JSON file in
 the run folder, rewritten after every change, so a restarted controller carries on the climb where it
@@ -31,7 +32,7 @@ from pathlib import Path
 from eightbox.settings import Settings
 
 from .promotion import LadderState
-from .retrain_trigger import drift_alerts, nightly_days, retrain_reason
+from .retrain_trigger import drift_alerts, first_model_due, nightly_days, retrain_reason
 
 log = logging.getLogger("eightbox.controller")
 RETRY_AFTER = timedelta(minutes=30)  # after a failed nightly batch (not every tick: it starts Spark)
@@ -156,10 +157,17 @@ class Controller:
     def _maybe_retrain(self, now: datetime) -> list[str]:
         from eightbox.monitoring.lake_table import read_results
 
-        since = self.state.last_retrain or self.state.started
-        alerts = drift_alerts(read_results(self.settings, since=since.date()), self.settings.serving_model_name, since)
-        every = timedelta(hours=self.settings.controller_retrain_every_h) or None
-        why = retrain_reason(now, since, every, len(alerts))
+        from . import registry
+
+        if registry.champion_version(self.settings, self.settings.serving_model_name) is None:
+            alerts = []
+            why = "first model" if first_model_due(now, self.state.last_retrain, self._has_impressions(now)) else None
+        else:
+            since = self.state.last_retrain or self.state.started
+            alerts = drift_alerts(read_results(self.settings, since=since.date()), self.settings.serving_model_name,
+                                  since)
+            every = timedelta(hours=self.settings.controller_retrain_every_h) or None
+            why = retrain_reason(now, since, every, len(alerts))
         if why is None:
             return []
         self.state.last_retrain = now  # before training: a failure waits for the next trigger
@@ -172,6 +180,12 @@ class Controller:
             self._save()
             notes.append(f"ladder v{done.version}: challenger → {self.ladder.state.rung}")
         return notes
+
+    def _has_impressions(self, now: datetime) -> bool:
+        from eightbox.features.backfill import lake_files
+
+        days = self.settings.controller_train_window_days or 365.0
+        return bool(lake_files(self.settings.lake_dir, "impression_served", now - timedelta(days=days), now))
 
     def _retrain(self, settings: Settings, now: datetime, why: str) -> Retrained:
         days = settings.controller_train_window_days

@@ -5,6 +5,8 @@
   whatever the schedule, or when the schedule says so: ``every`` after the last one. The other alerts
   (feature PSI, score PSI, calibration, KPIs) are diagnosis for a person: a feature whose distribution
   moved does not mean the model's answers did (`monitoring/concept_checks.py`).
+- With no champion at all (a new platform), the first model is due as soon as the lake holds
+  impressions, tried again every `FIRST_MODEL_RETRY` while it fails (too little data, say).
 - The nightly batch covers the whole days before today, from the hour it is scheduled at, each day
   once; after an outage it catches up, at most `MAX_CATCH_UP_DAYS` at a time.
 """
@@ -12,11 +14,14 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 CONCEPT_DRIFT = "concept_drift"  # monitoring/concept_checks.CHECK, without importing the checks
 MAX_CATCH_UP_DAYS = 7
+FIRST_MODEL_RETRY = timedelta(hours=1)
 
 
 def retrain_reason(now: datetime, last_retrain: datetime | None, every: timedelta | None,
@@ -28,6 +33,11 @@ def retrain_reason(now: datetime, last_retrain: datetime | None, every: timedelt
     if every and last_retrain is not None and now - last_retrain >= every:
         return "schedule"
     return None
+
+
+def first_model_due(now: datetime, last_attempt: datetime | None, has_impressions: bool) -> bool:
+    """Whether to train a registry's first model now (there is no champion to serve or to monitor)."""
+    return has_impressions and (last_attempt is None or now - last_attempt >= FIRST_MODEL_RETRY)
 
 
 def nightly_days(now: datetime, last_done: date | None, hour: int) -> list[date]:
@@ -45,6 +55,8 @@ def nightly_days(now: datetime, last_done: date | None, hour: int) -> list[date]
 def drift_alerts(results: pd.DataFrame, model_name: str, since: datetime | None) -> list[str]:
     """Concept-drift alerts (status ``act``) of `model_name` in monitoring results (`lake_table.read_results`)
     whose window ended after `since`, one line each: "<window end> v<version>: <value> (<detail>)"."""
+    import pandas as pd
+
     if results.empty:
         return []
     rows = results[(results["check"] == CONCEPT_DRIFT) & (results["status"] == "act")

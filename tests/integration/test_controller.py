@@ -21,6 +21,8 @@ from eightbox.deploy.archiver_service import archiver, heartbeat as archiver_bea
 from eightbox.deploy.controller_service import controller, heartbeat as controller_beat
 from eightbox.deploy.monitoring_service import heartbeat as monitoring_beat, monitoring
 from eightbox.deploy.supervisor import Supervisor
+from eightbox.ingest import lake
+from eightbox.ingest.schema import ImpressionServed, to_wire
 from eightbox.monitoring.lake_table import write_result
 from eightbox.monitoring.results import CheckResult, MonitoringResult
 from eightbox.training import registry
@@ -127,3 +129,31 @@ def test_eightbox_up_runs_the_wall_clock_loop_archiver_monitoring_and_controller
     finally:
         supervisor.down(progress=lambda *_: None)
     assert controller_beat(settings) is None and monitoring_beat(settings) is None and archiver_beat(settings) is None
+
+
+def land_impression(settings, at: datetime) -> None:
+    """One served impression in the lake, as the archiver writes it (the project's lake writer)."""
+    event = ImpressionServed(event_id=f"imp-{uuid.uuid4().hex[:8]}", event_time=at, request_id="r1", user_id="u1",
+                             item_id="i1", position=0, surface="home")
+    row = {**json.loads(to_wire(event)), "_partition": 0, "_offset": 0}
+    lake.write_atomic(lake.to_table("impression_served", [row]),
+                      lake.hour_dir(settings.lake_dir, "impression_served", at) / "test+0+0-0.parquet")
+
+
+def test_a_new_platform_trains_its_first_model_once_impressions_land(settings, tmp_path):
+    name, tries = settings.serving_model_name, []
+
+    def retrain(s, now, why):  # the pipeline's promote="if-first": a registry's first model is champion
+        _, version, _ = train_and_log(s, tmp_path, name, rows=400, seed=3)
+        assert registry.propose(s, version, THRESHOLDS, model_name=name).passed
+        registry.promote(s, version, model_name=name)
+        tries.append(why)
+        return Retrained(version, "test", f"trained v{version} ({why}): the first model, champion", False)
+
+    c = Controller(settings, retrain_fn=retrain, evidence=lambda state, now: Evidence())
+    assert c.tick(T0) == [f"nightly batch: {T0.date() - timedelta(days=7)} … {T0.date() - timedelta(days=1)}"]
+    assert c.tick(T0 + timedelta(minutes=1)) == []  # no champion, but nothing to learn from yet
+    land_impression(settings, T0)
+    assert c.tick(T0 + timedelta(minutes=2)) == ["trained v1 (first model): the first model, champion"]
+    assert registry.champion_version(settings, name) == "1" and not c.ladder.active
+    assert c.tick(T0 + timedelta(hours=2)) == [] and tries == ["first model"]  # now the schedule rules

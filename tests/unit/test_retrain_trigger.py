@@ -9,7 +9,8 @@ import pandas as pd
 
 from eightbox.training.controller import ControllerState
 from eightbox.training.promotion import LadderState
-from eightbox.training.retrain_trigger import MAX_CATCH_UP_DAYS, drift_alerts, nightly_days, retrain_reason
+from eightbox.training.retrain_trigger import (FIRST_MODEL_RETRY, MAX_CATCH_UP_DAYS, drift_alerts, first_model_due,
+                                               nightly_days, retrain_reason)
 
 T0 = datetime(2024, 3, 1, 2, 30, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
@@ -21,6 +22,13 @@ def test_a_retrain_follows_concept_drift_at_once_and_otherwise_the_schedule():
     assert retrain_reason(T0, T0 - timedelta(hours=1), DAY, drift_alerts=1) == "concept drift"
     assert retrain_reason(T0, T0 - 9 * DAY, None, drift_alerts=0) is None  # drift only
     assert retrain_reason(T0, None, DAY, drift_alerts=0) is None  # the caller starts the schedule's clock
+
+
+def test_a_new_platform_trains_its_first_model_once_there_are_impressions_and_retries_hourly():
+    assert first_model_due(T0, None, has_impressions=True)
+    assert not first_model_due(T0, None, has_impressions=False)
+    assert not first_model_due(T0, T0 - FIRST_MODEL_RETRY / 2, has_impressions=True)  # it just failed
+    assert first_model_due(T0, T0 - FIRST_MODEL_RETRY, has_impressions=True)
 
 
 def test_the_nightly_batch_covers_each_whole_day_once_from_its_hour():
