@@ -57,6 +57,21 @@ def _port_owner(port: int) -> str:
     return ""
 
 
+# Importing Feast points these at a temporary folder of the importing process, removed when it
+# exits. A service started from `eightbox up` outlives that process, and prometheus_client there
+# failed on the vanished folder (FileNotFoundError in the controller, minutes after `up` returned).
+_FEAST_METRICS_VARS = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def child_environ(extra: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
+    """A service's environment: ours plus `extra`, without Feast's per-process metrics folder."""
+    env = {**(os.environ if base is None else base), **extra}
+    for var in _FEAST_METRICS_VARS:
+        if Path(env.get(var, "")).name.startswith("feast_metrics_"):
+            del env[var]
+    return env
+
+
 class Supervisor:
     def __init__(self, settings: Settings, services: dict[str, ServiceSpec] | None = None):
         self.settings = settings
@@ -103,7 +118,7 @@ class Supervisor:
         with open(logs / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(spec.command(), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env={**os.environ, **spec.env})
+                                    env=child_environ(spec.env))
         create_time = psutil.Process(proc.pid).create_time()
         self._state_path(name).write_text(json.dumps(
             {"pid": proc.pid, "create_time": create_time, "port": spec.port, "started_at": time.time()}))

@@ -154,6 +154,22 @@ def simulate(hours: float = typer.Option(24.0, help="Simulated hours of traffic.
     publish_simulation(_settings(), hours=hours, seed=seed, quick=quick, start=start)
 
 
+@app.command()
+def traffic(hours: float = typer.Option(1.0, help="Wall-clock hours of traffic."),
+            sessions_per_hour: float = typer.Option(600.0, help="Visits per hour."),
+            seed: int = typer.Option(7), quick: bool = typer.Option(True, help="The small world `simulate --quick` makes."),
+            report_minutes: float = typer.Option(5.0, help="Print what was served this often.")) -> None:
+    """Simulated users on the wall clock against the running platform (`eightbox up`): visits ask
+    /recommend, their clicks and engagements go back through /events when their time comes."""
+    from eightbox.live_traffic import run_live
+
+    try:
+        run_live(_settings(), hours=hours, sessions_per_hour=sessions_per_hour, seed=seed, quick=quick,
+                 report_minutes=report_minutes)
+    except RuntimeError as e:
+        _fail(str(e))
+
+
 @app.command("dead-letters")
 def dead_letters(limit: int = typer.Option(20)) -> None:
     """Show the newest dead-lettered inputs and why they were refused."""

@@ -98,13 +98,18 @@ class DayRow:
         return self.clicks / self.shown if self.shown else float("nan")
 
 
-class _Traffic:
-    """Serves visits through the API and returns users' actions through /events at their own time."""
+class Traffic:
+    """Serves visits through the API and returns users' actions through /events at their own time.
 
-    def __init__(self, settings: Settings, market, http):
+    On simulated time (the loop) each request carries its visit's time and the clock runs as fast as
+    the API answers. `live`: the market's clock is the wall clock (its start is now), each visit waits
+    for its moment, requests carry no time (the server stamps them), and actions are posted when
+    their moment comes (`eightbox traffic`)."""
+
+    def __init__(self, settings: Settings, market, http, live: bool = False):
         from eightbox.ingest.simulator.policies import oracle_policy, popularity_policy
 
-        self.settings, self.market, self.http = settings, market, http
+        self.settings, self.market, self.http, self.live = settings, market, http, live
         self.pop, self.oracle = popularity_policy(market), oracle_policy(market)
         from eightbox.ingest.producer import EventProducer
 
@@ -136,18 +141,30 @@ class _Traffic:
                 raise RuntimeError(f"/events refused a batch: {r.status_code} {r.text[:300]}")
         self.buffer = []
 
+    def _wait_until(self, at: datetime) -> None:
+        """Live: sleep until `at`, posting the actions that come due meanwhile."""
+        from datetime import timezone
+
+        while (left := (at - datetime.now(timezone.utc)).total_seconds()) > 0:
+            self._release(datetime.now(timezone.utc))
+            self.flush()
+            time.sleep(min(left, 1.0))
+
     def serve(self, hours: float, row: DayRow, latencies: list[float]) -> None:
         from eightbox.ingest.simulator import Visit
 
         k = self.market.config.slate_size
         for x in self.market.visits(hours):
-            self._release(getattr(x, "at", None) or x.event_time)
+            at = getattr(x, "at", None) or x.event_time
+            if self.live:
+                self._wait_until(at)
+            self._release(at)
             if not isinstance(x, Visit):  # a signup or a new item: backend events, straight to the gateway
                 self.backend.publish(x)
                 continue
             t = time.perf_counter()
-            r = self.http.post("/recommend", json={"user_id": x.user_id, "k": k,
-                                                   "context": {"request_time": x.at.isoformat()}})
+            context = {} if self.live else {"request_time": x.at.isoformat()}
+            r = self.http.post("/recommend", json={"user_id": x.user_id, "k": k, "context": context})
             latencies.append((time.perf_counter() - t) * 1000)
             if r.status_code != 200:
                 row.rungs[str(r.status_code)] = row.rungs.get(str(r.status_code), 0) + 1
@@ -232,7 +249,7 @@ def run_loop(settings: Settings, profile: LoopProfile, *, bootstrap, header=lamb
     tick = 24.0 / profile.ticks_per_day
     with httpx.Client(base_url=base_url(settings), timeout=30.0) as http:
         _reload(http, settings)
-        traffic = _Traffic(settings, market, http)
+        traffic = Traffic(settings, market, http)
         for e in leftovers:  # day 0's actions still in the future (engagements after late clicks)
             heapq.heappush(traffic.pending, (e.event_time, next(traffic._n), e))
         for day in range(1, profile.days + 1):

@@ -51,3 +51,13 @@ def test_kafka_cluster_ids_never_start_with_a_dash(tmp_path):
     # A leading '-' makes Kafka's storage tool read the id as a flag (1 in 64 random ids did).
     ids = [services._cluster_id(tmp_path / str(i)) for i in range(400) if (tmp_path / str(i)).mkdir() is None]
     assert len(set(ids)) == 400 and not any(i.startswith("-") for i in ids)
+
+
+def test_services_do_not_inherit_the_temporary_metrics_folder_feast_gives_its_importer():
+    from eightbox.deploy.supervisor import child_environ
+
+    base = {"PATH": "/bin", "PROMETHEUS_MULTIPROCESS_DIR": "/tmp/feast_metrics_ab12", "PROMETHEUS_MULTIPROC_DIR":
+            "/tmp/feast_metrics_ab12"}
+    assert child_environ({"EIGHTBOX_ENV": "test"}, base) == {"PATH": "/bin", "EIGHTBOX_ENV": "test"}
+    chosen = {"PROMETHEUS_MULTIPROC_DIR": "/var/metrics"}  # one an operator set stays
+    assert child_environ({}, chosen) == chosen
