@@ -158,6 +158,8 @@ def simulate(hours: float = typer.Option(24.0, help="Simulated hours of traffic.
 def traffic(hours: float = typer.Option(1.0, help="Wall-clock hours of traffic."),
             sessions_per_hour: float = typer.Option(600.0, help="Visits per hour."),
             seed: int = typer.Option(7), quick: bool = typer.Option(True, help="The small world `simulate --quick` makes."),
+            history_hours: float = typer.Option(0.0, help="Continue the world `simulate --until-now --hours H` "
+                                                "published (same --seed and size) instead of starting a new one."),
             report_minutes: float = typer.Option(5.0, help="Print what was served this often.")) -> None:
     """Simulated users on the wall clock against the running platform (`eightbox up`): visits ask
     /recommend, their clicks and engagements go back through /events when their time comes."""
@@ -165,7 +167,7 @@ def traffic(hours: float = typer.Option(1.0, help="Wall-clock hours of traffic."
 
     try:
         run_live(_settings(), hours=hours, sessions_per_hour=sessions_per_hour, seed=seed, quick=quick,
-                 report_minutes=report_minutes)
+                 history_hours=history_hours, report_minutes=report_minutes)
     except RuntimeError as e:
         _fail(str(e))
 

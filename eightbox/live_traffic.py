@@ -12,14 +12,19 @@ have shown the same visits (expected CTRs, position bias included).
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from eightbox.settings import Settings
 
 
 def run_live(settings: Settings, *, hours: float, sessions_per_hour: float, seed: int, quick: bool,
-             report_minutes: float = 5.0, progress=print) -> dict:
-    """Serve `hours` of live traffic; returns the totals (requests, rungs, arms, CTRs)."""
+             history_hours: float = 0.0, report_minutes: float = 5.0, progress=print) -> dict:
+    """Serve `hours` of live traffic; returns the totals (requests, rungs, arms, CTRs).
+
+    `history_hours`: the world is the one `eightbox simulate --until-now --hours H` (same seed and
+    size) published, replayed without publishing up to now, so its users and items are the ones the
+    platform learnt; a model recommends items that only that world has. Without it, a new world
+    starts now and its users and catalog are published first."""
     import httpx
 
     from eightbox.deploy.serving_service import base_url
@@ -28,14 +33,19 @@ def run_live(settings: Settings, *, hours: float, sessions_per_hour: float, seed
 
     from .loop import DayRow, Traffic
 
-    world = {**(QUICK_WORLD if quick else {}), "sessions_per_hour": sessions_per_hour}
-    market = Marketplace(SimConfig(seed=seed, start=datetime.now(timezone.utc), **world))
+    start = datetime.now(timezone.utc) - timedelta(hours=history_hours)
+    market = Marketplace(SimConfig(seed=seed, start=start, **(QUICK_WORLD if quick else {})))
+    if history_hours:
+        progress(f"replaying the world's first {history_hours:g} h (published by `eightbox simulate --until-now`) ...")
+        for _ in market.simulate(hours=history_hours):
+            pass
+    market.set_sessions_per_hour(sessions_per_hour)
     total, latencies = DayRow(0, f"{market.now:%Y-%m-%d}"), []
     with httpx.Client(base_url=base_url(settings), timeout=30.0) as http:
         if http.get("/healthz").status_code != 200:
             raise RuntimeError(f"serving at {base_url(settings)} is not healthy: run `eightbox up` first")
         traffic = Traffic(settings, market, http, live=True)
-        for event in market.bootstrap_events():  # the world's users and catalog, as its backend would
+        for event in [] if history_hours else market.bootstrap_events():  # a new world's users and catalog
             traffic.backend.publish(event)
         traffic.backend.flush()
         progress(f"live traffic for {hours:g} h at {sessions_per_hour:g} sessions/hour against {base_url(settings)}")

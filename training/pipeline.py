@@ -2,8 +2,9 @@
 evaluation beside baselines → bundle → MLflow run, registered version, gate, aliases.
 
 One function, `train(settings, config)`, wires the stages; each stage lives in its own module.
-Examples come from the impressions serving logged (with the features it scored) when there are
-any, else (cold start) from the lake's impressions with Feast point-in-time features. The split is
+Examples come from the impressions serving logged (with the features it scored) when at least
+`MIN_LOGGED_SHARE` of the window's impressions did, else (cold start, or serving just begun) from the
+lake's impressions with Feast point-in-time features. The split is
 temporal: the two-tower learns from interactions before the validation window, the ranker from the
 train window (early stopping and calibration on validation), and every reported figure is on the
 test window, which comes strictly after both.
@@ -87,11 +88,23 @@ def _lake(settings: Settings) -> dict[str, pd.DataFrame]:
     return out
 
 
+# Below this share of the window's impressions carrying the features serving scored, examples come
+# from the point-in-time path: a platform that has just started serving has minutes of logged
+# impressions beside days of history without them, and the logged path (which leaves the others'
+# features empty) trained models that gave every item the same score (a wall-clock run, caught in shadow).
+MIN_LOGGED_SHARE = 0.2
+
+
+def example_source(impressions: pd.DataFrame) -> str:
+    """"logged" when enough impressions logged their features (`MIN_LOGGED_SHARE`), else "point_in_time"."""
+    logged = impressions["features"].map(lambda f: bool(f) if f is not None else False)
+    return "logged" if len(logged) and logged.mean() >= MIN_LOGGED_SHARE else "point_in_time"
+
+
 def _examples(settings: Settings, lake: dict[str, pd.DataFrame], cfg: TrainConfig, as_of: datetime):
     from eightbox.training import examples, labels
 
-    logged = lake["impression_served"]["features"].map(lambda f: bool(f) if f is not None else False)
-    if logged.any():
+    if example_source(lake["impression_served"]) == "logged":
         frames = {k: v for k, v in lake.items()}
         return "logged", examples.from_logged_impressions(
             frames, as_of=as_of, label_delay=cfg.label_delay, attribution_window=cfg.attribution_window,

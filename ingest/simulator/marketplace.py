@@ -128,6 +128,10 @@ class Marketplace:
         return self.world.item_popularity.view[self.item_indices(item_ids)]
 
     # --- events -------------------------------------------------------------------------------
+    def set_sessions_per_hour(self, sessions_per_hour: float) -> None:
+        """Change the visit rate from the next visit on; the world and its other processes go on."""
+        self._traffic.set_visit_rate(sessions_per_hour)
+
     def bootstrap_events(self) -> list[UserSignedUp | ItemPublished]:
         """Signups of the initial users, then publications of the initial catalog, at config.start."""
         return list(self._bootstrap)

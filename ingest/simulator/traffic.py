@@ -54,6 +54,10 @@ class Traffic:
         self._first_visits: list[tuple[float, int]] = []  # (time, user index), a heap
         self._cum_activity = np.zeros(0)
 
+    def set_visit_rate(self, sessions_per_hour: float) -> None:
+        """Visits per hour from the next one on (a replayed world served live at another rate)."""
+        self._visit_gap = 3600.0 / sessions_per_hour if sessions_per_hour > 0 else math.inf
+
     @staticmethod
     def _gap(rng: np.random.Generator, mean: float) -> float:
         return float(rng.exponential(mean)) if math.isfinite(mean) else math.inf

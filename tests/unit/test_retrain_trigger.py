@@ -67,3 +67,16 @@ def test_the_controller_state_survives_a_restart_with_its_ladder():
                             ladder=ladder)
     assert ControllerState.from_json(state.to_json()) == state
     assert ControllerState.from_json(ControllerState().to_json()) == ControllerState()
+
+
+def test_a_retrain_learns_from_logged_features_only_once_enough_impressions_logged_them():
+    from eightbox.training.pipeline import MIN_LOGGED_SHARE, example_source
+
+    def impressions(logged: int, plain: int) -> pd.DataFrame:
+        return pd.DataFrame({"features": [{"f": 1.0}] * logged + [None] * (plain // 2) + [{}] * (plain - plain // 2)})
+
+    assert example_source(impressions(100, 0)) == "logged"
+    assert example_source(impressions(50, 50)) == "logged"  # the quick loop's first retrain: day 0 has none
+    assert example_source(impressions(15, 985)) == "point_in_time"  # serving has just begun
+    assert example_source(impressions(int(MIN_LOGGED_SHARE * 100), 100 - int(MIN_LOGGED_SHARE * 100))) == "logged"
+    assert example_source(impressions(0, 0)) == "point_in_time"

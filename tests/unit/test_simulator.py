@@ -276,3 +276,12 @@ def test_published_traffic_can_end_now_for_the_wall_clock_services():
     assert min(times) == start  # the world's bootstrap events carry its start
     _, default = simulation_events(2.0, seed=3, quick=True)
     assert min(e.event_time for e in default) == SimConfig().start
+
+
+def test_a_replayed_world_goes_on_at_another_visit_rate():
+    market = Marketplace(SMALL)
+    for _ in market.simulate(hours=1.0):
+        pass
+    market.set_sessions_per_hour(3000.0)  # ten times SMALL's
+    visits = [x for x in market.visits(1.0) if isinstance(x, Visit)]
+    assert 2500 < len(visits) < 3500 and len({x.user_id for x in visits}) > 100
