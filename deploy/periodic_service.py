@@ -4,7 +4,8 @@
 - healthy: the process is alive (the supervisor's own check) and its heartbeat file was rewritten
   within `HEARTBEAT_STALE_S` (it beats every few seconds, during a long run too). A failed run leaves
   the service healthy: its heartbeat carries the error, and the next interval tries again.
-- prepare: the caller's own preparation, then a stale heartbeat from an earlier run is removed, so it cannot pass for this one's.
+- prepare: the caller's own preparation, then a stale heartbeat from an earlier run is removed, so
+  it cannot pass for this one's.
 - No listening port: 0 (binding port 0 always succeeds, so the supervisor's port check passes).
 """
 

@@ -45,6 +45,7 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
     except Exception:
         return False
 
+
 def require_topics(settings: Settings, service: str) -> None:
     """The contract's topics exist (a consumer would otherwise wait for topics the broker never
     auto-creates), or a one-line StackError naming the service that needed Kafka."""

@@ -1,7 +1,7 @@
 """A supervised service that does its work every `interval_s` and beats in between: the monitoring
 service and the loop's controller. The heartbeat (JSON: time, pid, plus what the last run returned)
-is rewritten atomically every `BEAT_S`, from a thread of its own, so the supervisor can tell a live service from a hung one;
-SIGTERM or SIGINT ends the wait, and the heartbeat is removed on the way out."""
+is rewritten atomically every `BEAT_S`, from a thread of its own, so the supervisor can tell a live
+service from a hung one; SIGTERM or SIGINT ends the wait, and the heartbeat is removed on the way out."""
 
 from __future__ import annotations
 
