@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 import signal
 import sys
 import threading
@@ -114,29 +114,16 @@ def archive(idle_exit: Optional[float] = typer.Option(None, help="Exit after thi
                                                       "running (the supervisor's health check).")) -> None:
     """Run one lake archiver (a consumer-group member) until SIGTERM/SIGINT."""
     from eightbox.ingest.archiver import LakeArchiver
-    from eightbox.periodic import BEAT_S, beat
+    from eightbox.periodic import beating
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     archiver = LakeArchiver(_settings())
-    beater = None
-    if heartbeat is not None:
-        def beating() -> None:
-            while True:
-                beat(heartbeat, {"archived": archiver.archived})
-                if stop.wait(BEAT_S):
-                    return
-        beater = threading.Thread(target=beating, name="heartbeat", daemon=True)
-        beater.start()
-    try:
+    beats = beating(heartbeat, lambda: {"archived": archiver.archived}) if heartbeat else nullcontext()
+    with beats:
         n = archiver.run(stop, idle_exit_s=idle_exit)
-    finally:
-        stop.set()
-        if beater is not None:
-            beater.join()
-            heartbeat.unlink(missing_ok=True)
     typer.echo(f"archived {n} events")
 
 

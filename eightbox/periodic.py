@@ -10,7 +10,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BEAT_S = 5.0
@@ -29,30 +30,38 @@ def beat(path: Path, state: dict) -> None:
     replace_file(path, json.dumps({"time": time.time(), "pid": os.getpid(), **state}, default=str).encode())
 
 
+@contextmanager
+def beating(heartbeat: Path, state: Callable[[], dict]) -> Iterator[None]:
+    """Beat `state()` into `heartbeat` every `BEAT_S` from a thread while the block runs; on the way
+    out stop, and remove the heartbeat (a stopped service leaves none)."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while True:
+            beat(heartbeat, state())
+            if done.wait(BEAT_S):
+                return
+
+    beater = threading.Thread(target=loop, name="heartbeat", daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        done.set()
+        beater.join()
+        heartbeat.unlink(missing_ok=True)
+
+
 def run_periodic(heartbeat: Path, interval_s: float, work: Callable[[], dict], initial: dict | None = None) -> None:
     """Call `work` now and every `interval_s` until a signal; its dict goes into the heartbeat, which
-    a thread keeps beating while `work` runs too (a retrain takes minutes), with ``busy`` true.
+    keeps beating while `work` runs too (a retrain takes minutes), with ``busy`` true.
     `work` handles its own failures (a service outlives a failed run)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     state = {**(initial or {}), "busy": False}
-    done = threading.Event()
-
-    def beating() -> None:
-        while not done.is_set():
-            beat(heartbeat, state)
-            done.wait(BEAT_S)
-
-    beat(heartbeat, state)
-    beater = threading.Thread(target=beating, name="heartbeat", daemon=True)
-    beater.start()
-    try:
+    with beating(heartbeat, lambda: state):
         while not stop.is_set():
             state = {**state, "busy": True}
             state = {**work(), "busy": False}
             stop.wait(interval_s)
-    finally:
-        done.set()
-        beater.join()
-        heartbeat.unlink(missing_ok=True)
