@@ -31,23 +31,25 @@ def beat(path: Path, state: dict) -> None:
 
 
 @contextmanager
-def beating(heartbeat: Path, state: Callable[[], dict]) -> Iterator[None]:
+def beating(heartbeat: Path, state: Callable[[], dict]) -> Iterator[Callable[[], None]]:
     """Beat `state()` into `heartbeat` every `BEAT_S` from a thread while the block runs; on the way
-    out stop, and remove the heartbeat (a stopped service leaves none)."""
-    done = threading.Event()
+    out stop, and remove the heartbeat (a stopped service leaves none). The block gets a function
+    that beats at once, for a state change readers should see now rather than up to `BEAT_S` later."""
+    done, wake = threading.Event(), threading.Event()
 
     def loop() -> None:
-        while True:
+        while not done.is_set():
+            wake.clear()  # before the beat: a wake during it brings another at once
             beat(heartbeat, state())
-            if done.wait(BEAT_S):
-                return
+            wake.wait(BEAT_S)
 
     beater = threading.Thread(target=loop, name="heartbeat", daemon=True)
     beater.start()
     try:
-        yield
+        yield wake.set
     finally:
         done.set()
+        wake.set()
         beater.join()
         heartbeat.unlink(missing_ok=True)
 
@@ -60,8 +62,9 @@ def run_periodic(heartbeat: Path, interval_s: float, work: Callable[[], dict], i
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     state = {**(initial or {}), "busy": False}
-    with beating(heartbeat, lambda: state):
+    with beating(heartbeat, lambda: state) as beat_now:
         while not stop.is_set():
             state = {**state, "busy": True}
             state = {**work(), "busy": False}
+            beat_now()  # a run's outcome shows at once
             stop.wait(interval_s)
