@@ -180,17 +180,19 @@ def _show_registry(settings: Settings, result) -> None:
 def _read_online(settings: Settings, events: list) -> None:
     """A user's and a few items' ranking features, read online (OnlineReader = Feast's keys, one round trip)."""
     from eightbox.features.online import OnlineReader
+    from eightbox.training.pipeline import TrainConfig
 
     catalog = _items_catalog(settings)
     user = _popular(events, "item_clicked", lambda e: e.user_id, 1)[0]
     items = [i for i in _popular(events, "item_clicked", lambda e: e.item_id, 10) if i in catalog][:3]
-    reader = OnlineReader(settings, "ranker_v1")
+    service = TrainConfig().feature_service  # the service the demo's models train and serve with
+    reader = OnlineReader(settings, service)
     t = time.perf_counter()
     row = reader.read(user, items, categories=[catalog[i][0] for i in items],
                       creators=[catalog[i][1] for i in items])
     took = (time.perf_counter() - t) * 1000
     history = OnlineReader(settings, "user_history_v1").read(user, items[:1])["last_engaged_items"][0]
-    print(f"  feature service ranker_v1 for user {user} × {len(items)} items "
+    print(f"  feature service {service} for user {user} × {len(items)} items "
           f"(OnlineReader, one pipelined Redis round trip, {took:.1f} ms):")
     user_cols = [c for c in reader.feature_names if c.startswith("user_")]
     print("    user  " + "  ".join(f"{c}={row[c][0]}" for c in user_cols))

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from eightbox.features.unseen_items import ZERO_FOR_UNSEEN_ITEMS, age_days, fill_unseen_items
 from eightbox.ranking.value import value_score
 from eightbox.serving.breaker import Breakers
 from eightbox.serving.candidates import Candidate
@@ -146,7 +147,7 @@ class Funnel:
         candidates = self._merge(run, results)
         candidates = self._filter(run, models, candidates, set(recent) if recent is not None else None)
         if candidates:
-            ranked = await self._rank(run, models, user_id, candidates)
+            ranked = await self._rank(run, models, user_id, candidates, _request_ns(context))
             primary_ok = all(status == "ok" for name, status, _ in results if name in self.config.primary_sources)
             if not ranked:
                 _order_by_sources(candidates, [name for name, _, _ in results])
@@ -260,8 +261,10 @@ class Funnel:
         _enrich(models, out, vectors=False)
         return out
 
-    async def _rank(self, run: Run, models: ModelSet, user_id: str, candidates: list[Candidate]) -> bool:
-        """Fetch features and score in place; False when either could not be done."""
+    async def _rank(self, run: Run, models: ModelSet, user_id: str, candidates: list[Candidate],
+                    at_ns: float) -> bool:
+        """Fetch features and score in place; False when either could not be done. `at_ns`: the
+        request's time (epoch ns), from which a never-counted item's age is taken."""
         n, started = len(candidates), time.perf_counter()
         why = ("no ranker in the bundle" if models.ranker is None else
                "no feature reader" if self.feature_readers is None else "")
@@ -286,6 +289,9 @@ class Funnel:
         # exactly what predict() is given and what the impression log records.
         matrix = np.array([rows.get(f, missing) for f in models.features], dtype=np.float64).reshape(-1, n).T
         frame = pd.DataFrame(matrix, columns=list(models.features))
+        if models.feature_service in ZERO_FOR_UNSEEN_ITEMS and models.catalog is not None:
+            fill_unseen_items(frame, age_days(models.catalog.published_ns(ids), at_ns))
+            matrix = frame.to_numpy(dtype=np.float64)
         impressions = rows.get("item_impressions_7d", [None] * n)
         for c, imp in zip(candidates, impressions):
             c.new_or_uncertain = c.new_or_uncertain or imp is None or imp < self.config.uncertain_impressions
@@ -325,6 +331,12 @@ class Funnel:
                    detail=f"pool {len(pool)}, capped {stats.n_capped}, "
                           f"explored {stats.n_explored}/{stats.explore_slots}")
         return final
+
+
+def _request_ns(context: Mapping[str, Any]) -> float:
+    """The request's time in epoch nanoseconds: the trusted `request_time` of a simulated-time run, else now."""
+    at = context.get("request_time")
+    return float(pd.Timestamp(at).value) if at is not None else time.time() * 1e9  # naive means UTC
 
 
 def _enrich(models: ModelSet, candidates: list[Candidate], vectors: bool) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eightbox.features.unseen_items import epoch_ns
+
 FORMAT = 1
 
 
@@ -60,6 +62,9 @@ class ItemCatalog:
         self._info = dict(zip(self.ids, zip(frame["creator_id"].astype(str), frame["category"].astype(str))))
         self._popularity = dict(zip(self.ids, frame["popularity"].astype(float)))
         published = pd.to_datetime(frame["published_at"], utc=True)
+        # An item's age counts from its first publication (older catalogs kept only the latest).
+        first = frame["first_published_at"] if "first_published_at" in frame else frame["published_at"]
+        self._first_ns = dict(zip(self.ids, epoch_ns(first)))
         order = np.lexsort((np.asarray(self.ids), -published.astype("int64").to_numpy()))
         self._newest = tuple(self.ids[i] for i in order)  # newest first, ties by item id
         pop = frame["popularity"].to_numpy(dtype=float)
@@ -72,7 +77,8 @@ class ItemCatalog:
         """From ``items_from_events`` rows and (optionally) training-window interactions: popularity
         is each item's summed interaction weight (0 when it had none); the static list is the
         ``static_n`` most popular items."""
-        frame = items[["item_id", "creator_id", "category", "published_at"]].copy()
+        frame = items[["item_id", "creator_id", "category", "published_at",
+                       *(["first_published_at"] if "first_published_at" in items else [])]].copy()
         frame["item_id"] = frame["item_id"].astype(str)
         pop = (interactions.groupby("item_id")["weight"].sum() if interactions is not None and len(interactions)
                else pd.Series(dtype=float))
@@ -94,6 +100,11 @@ class ItemCatalog:
 
     def popularity(self, item_id: str) -> float:
         return self._popularity.get(item_id, 0.0)
+
+    def published_ns(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Each item's first publication in UTC nanoseconds since the epoch (float), NaN when unknown."""
+        get = self._first_ns.get
+        return np.fromiter((get(i, np.nan) for i in item_ids), dtype=np.float64, count=len(item_ids))
 
     def newest(self, n: int) -> tuple[str, ...]:
         """The n most recently published items, newest first."""

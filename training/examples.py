@@ -75,7 +75,10 @@ def from_logged_impressions(source: Source, *, as_of: datetime, label_delay: tim
     labelled = attach_labels(lake_events(source, "impression_served"), lake_events(source, "item_clicked"),
                              lake_events(source, "item_engaged"), attribution_window, as_of, label_delay)
     logged = [c for c in labelled.columns if c not in BASE_COLUMNS]
-    return _finish(labelled, service_features(feature_service) if feature_service else logged)
+    examples = _finish(labelled, service_features(feature_service) if feature_service else logged)
+    # A ranker_v1 champion logged NaN for never-counted items; a ranker_v2 candidate reads them as
+    # serving will score them for it.
+    return _unseen_items_counted(examples, lambda: lake_events(source, "item_published"), feature_service)
 
 
 def from_events_point_in_time(settings: Settings, impressions_or_interactions: Frame | Path,
@@ -124,7 +127,23 @@ def from_events_point_in_time(settings: Settings, impressions_or_interactions: F
         joined = historical_features(settings, entity, feature_service, store=store)
         for f in features:
             examples[f] = joined[f].to_numpy()
-    return _finish(examples, features)
+    return _unseen_items_counted(_finish(examples, features), lambda: published, feature_service)
+
+
+def _unseen_items_counted(examples: pd.DataFrame, published, feature_service: str | None) -> pd.DataFrame:
+    """For a service in `ZERO_FOR_UNSEEN_ITEMS`: an item published before the row's time but without
+    daily features yet gets zero counts and its age (`features.unseen_items`), as serving fills them.
+    `published` gives the ItemPublished events (called only when needed)."""
+    from eightbox.features.unseen_items import (ZERO_FOR_UNSEEN_ITEMS, age_days, epoch_ns,
+                                                fill_unseen_items)
+
+    if feature_service not in ZERO_FOR_UNSEEN_ITEMS or examples.empty:
+        return examples
+    events = published()
+    first = (events.groupby(events["item_id"].astype(str))["event_time"].min() if not events.empty
+             else pd.Series(dtype="datetime64[ns, UTC]"))
+    ages = age_days(epoch_ns(examples["item_id"].astype(str).map(first)), epoch_ns(examples["event_time"]))
+    return fill_unseen_items(examples, ages)
 
 
 def _interactions(events: pd.DataFrame, published: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:

@@ -44,9 +44,11 @@ def _utc(values: pd.Series) -> pd.Series:
 
 
 def items_from_events(events: Sequence | pd.DataFrame, dim: int | None = None) -> pd.DataFrame:
-    """One row per published item: ``item_id, category, creator_id, content_vector, published_at``.
+    """One row per published item: ``item_id, category, creator_id, content_vector, published_at,
+    first_published_at``.
 
-    The latest ``ItemPublished`` of an item wins (by event_time; at equal times the later one in
+    The latest ``ItemPublished`` of an item wins (``published_at`` is its time; ``first_published_at``
+    is the item's first, from which its age counts) (by event_time; at equal times the later one in
     the input). ``content_vector`` is a float32 array of one length for every row: ``dim`` when
     given (longer vectors are cut, shorter ones zero-padded), else the longest vector seen (0 when
     no item has one); an absent vector is all zeros. Rows are sorted by item_id.
@@ -55,6 +57,7 @@ def items_from_events(events: Sequence | pd.DataFrame, dim: int | None = None) -
     rows = _rows(events, "item_published", ItemPublished, fields)
     rows["event_time"] = _utc(rows["event_time"])
     rows["_order"] = np.arange(len(rows))
+    first = rows.groupby(rows["item_id"].astype(str))["event_time"].min()
     rows = rows.sort_values(["event_time", "_order"]).drop_duplicates("item_id", keep="last")
     vectors = [np.asarray([] if v is None else v, dtype=np.float32).ravel() for v in rows["content_vector"]]
     width = dim if dim is not None else max((len(v) for v in vectors), default=0)
@@ -70,6 +73,7 @@ def items_from_events(events: Sequence | pd.DataFrame, dim: int | None = None) -
         "published_at": rows["event_time"].to_numpy(),
     })
     out["published_at"] = _utc(out["published_at"])
+    out["first_published_at"] = _utc(out["item_id"].map(first))
     return out.sort_values("item_id", kind="stable").reset_index(drop=True)
 
 

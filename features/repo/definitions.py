@@ -39,6 +39,10 @@ FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
     # every numeric feature of the user, the user × category, the item and its creator
     "ranker_v1": ("user_daily", "user_category_daily", "item_daily", "creator_daily",
                   "user_category_session", "item_session"),
+    # the same views, with a published item that has no item_daily row yet read as zero counts
+    # rather than missing (features/unseen_items.py): the ranker's service since that change
+    "ranker_v2": ("user_daily", "user_category_daily", "item_daily", "creator_daily",
+                  "user_category_session", "item_session"),
     # the user's recent history (retrieval's query side)
     "user_history_v1": ("user_recent",),
 }

@@ -23,6 +23,7 @@ from eightbox.deploy.supervisor import Supervisor
 from eightbox.features import point_in_time, specs, stream_time
 from eightbox.features import store as feature_store
 from eightbox.features.online import OnlineReader
+from eightbox.features.repo.definitions import FEATURE_SERVICES
 from eightbox.features.point_in_time import LABEL_TIME, historical_features
 from eightbox.features.pusher import run_pusher
 from eightbox.settings import Settings
@@ -280,7 +281,7 @@ def test_apply_is_idempotent_and_the_yaml_stays_inside_home(settings):
         fv = store.get_feature_view(table)
         assert [f.name for f in fv.features] == specs.table_features(table)
         assert sorted(fv.join_keys) == sorted(specs.TABLE_KEYS[table])
-    assert {s.name for s in store.list_feature_services()} == set(SERVICES)
+    assert {s.name for s in store.list_feature_services()} == set(FEATURE_SERVICES) >= set(SERVICES)
     assert {s.name for s in store.list_data_sources() if type(s).__name__ == "PushSource"} == {
         "user_category_session_push", "item_session_push", "user_recent_push"}
 

@@ -231,3 +231,24 @@ def test_a_dataset_from_the_lake_splits_forward_in_time_and_round_trips_with_its
     assert loaded.manifest["rows"] == {s: len(parts[s]) for s in SPLITS}
     assert write_dataset(parts, "ranker-clicks", settings=settings, windows=windows, feature_service="ranker_v1",
                          label_delay=DELAY, attribution_window=WINDOW, source=str(settings.lake_dir)) == path
+
+
+def test_ranker_v2_reads_a_published_item_without_daily_features_as_counted_at_zero(world):
+    """Negatives on Mar 9 come before any item_daily row (the first is stamped Mar 10 00:00): ranker_v1
+    leaves their item features missing, ranker_v2 gives zero counts and the age since the item's first
+    publication (i3's second version does not reset it). Every other value is the same."""
+    settings, store = world
+    kw = dict(as_of=AS_OF, store=store, negatives_per_positive=3, seed=11)
+    v1 = ex.from_events_point_in_time(settings, settings.lake_dir, "ranker_v1", **kw)
+    v2 = ex.from_events_point_in_time(settings, settings.lake_dir, "ranker_v2", **kw)
+    daily = specs.table_features("item_daily")
+    unseen = v1[daily].isna().all(axis=1)
+    assert unseen.any() and (~unseen).any()
+    assert (v2.loc[unseen, "item_impressions_7d"] == 0).all() and (v2.loc[unseen, "item_clicks_1d"] == 0).all()
+    assert (v2.loc[unseen, "item_ctr_7d"] == specs.smoothed_ctr(0, 0)).all()
+    first_published = T0 - timedelta(days=9)
+    np.testing.assert_allclose(v2.loc[unseen, "item_age_days"],
+                               (v2.loc[unseen, "event_time"] - first_published) / timedelta(days=1))
+    pd.testing.assert_frame_equal(v1.loc[~unseen], v2.loc[~unseen])
+    others = [c for c in v1.columns if c not in daily]
+    pd.testing.assert_frame_equal(v1[others], v2[others])
