@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -112,7 +113,7 @@ class Controller:
     `nightly_fn` and `evidence` default to the real pipeline, the Spark/Feast batch and the lake."""
 
     def __init__(self, settings: Settings, *, retrain_fn: RetrainFn | None = None,
-                 nightly_fn: NightlyFn | None = None, evidence=None):
+                 nightly_fn: NightlyFn | None = None, evidence=None, monotonic: Callable[[], float] = time.monotonic):
         from .ladder_evidence import from_lake
         from .ladder_runner import LadderRunner
 
@@ -124,6 +125,7 @@ class Controller:
         self.retrain_fn = retrain_fn or self._retrain
         self.nightly_fn = nightly_fn or _nightly
         self.nightly_retry_at = datetime.min.replace(tzinfo=timezone.utc)
+        self.monotonic = monotonic
 
     def tick(self, now: datetime) -> list[str]:
         notes: list[str] = []
@@ -172,11 +174,15 @@ class Controller:
             return []
         self.state.last_retrain = now  # before training: a failure waits for the next trigger
         self._save()
+        began = self.monotonic()
         done = self.retrain_fn(self.settings, now, why)
         notes = [*(f"concept drift: {a}" for a in alerts), done.note]
         if done.challenger:
-            self.ladder.start(done.version, now)
-            self.ladder.step(now)  # shadow starts now, not a tick later
+            # The climb starts when the candidate exists, minutes after `now`: a shadow window counted
+            # from `now` would be that much shorter than configured.
+            ready = now + timedelta(seconds=self.monotonic() - began)
+            self.ladder.start(done.version, ready)
+            self.ladder.step(ready)  # shadow starts now, not a tick later
             self._save()
             notes.append(f"ladder v{done.version}: challenger → {self.ladder.state.rung}")
         return notes

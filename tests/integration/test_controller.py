@@ -57,16 +57,19 @@ def test_a_drift_alert_retrains_at_once_and_the_candidate_climbs_across_a_restar
     name = settings.serving_model_name
     _, first, _ = train_and_log(settings, tmp_path, name, rows=200, seed=1)
     registry.promote(settings, first, force=True, model_name=name)
-    retrained = []
+    retrained, clock = [], [0.0]
+    took = timedelta(seconds=90)  # what each retrain takes on the controller's clock
 
     def retrain(s, now, why):
         _, version, _ = train_and_log(s, tmp_path, name, rows=800, seed=2)
         passed = registry.propose(s, version, THRESHOLDS, model_name=name).passed
         retrained.append((now, why))
+        clock[0] += took.total_seconds()
         return Retrained(version, "test", f"retrained v{version} ({why})", passed)
 
     def start():  # the real nightly batch: this home's lake has no events, so it has nothing to compute
-        return Controller(settings, retrain_fn=retrain, evidence=lambda state, now: EVIDENCE.get(state.rung, Evidence()))
+        return Controller(settings, retrain_fn=retrain, evidence=lambda state, now: EVIDENCE.get(state.rung, Evidence()),
+                          monotonic=lambda: clock[0])
 
     c = start()
     assert c.tick(T0) == [f"nightly batch: {T0.date() - timedelta(days=7)} … {T0.date() - timedelta(days=1)}"]
@@ -84,14 +87,16 @@ def test_a_drift_alert_retrains_at_once_and_the_candidate_climbs_across_a_restar
 
     c = start()  # a restarted controller carries on the climb from its state file
     assert (c.ladder.state.version, c.ladder.state.rung) == (second, "shadow")
-    assert c.tick(at + timedelta(hours=1)) == []  # shadow runs 2 hours
-    assert "shadow → canary" in c.tick(at + timedelta(hours=2))[0]
-    assert "canary → champion" in c.tick(at + timedelta(hours=6))[0]
+    # Shadow runs 2 hours from when the candidate existed (the retrain took 90 s), not from the tick.
+    ready = at + took
+    assert c.tick(ready + timedelta(hours=2) - timedelta(seconds=1)) == []
+    assert "shadow → canary" in c.tick(ready + timedelta(hours=2))[0]
+    assert "canary → champion" in c.tick(ready + timedelta(hours=6))[0]
     assert aliases(settings, name) == {"champion": second, "holdback": first}
-    assert "champion → holdback_done" in c.tick(at + timedelta(hours=12))[0]
+    assert "champion → holdback_done" in c.tick(ready + timedelta(hours=12))[0]
     tags = version_tags(settings, name, second)
     assert [tags[f"ladder.{rung}"] for rung in ("challenger", "shadow", "canary", "champion")] == [
-        (at + timedelta(hours=h)).isoformat() for h in (0, 0, 2, 6)]
+        (ready + timedelta(hours=h)).isoformat() for h in (0, 0, 2, 6)]
 
     # The alert came before the retrain, and the schedule is not due: nothing more to do.
     assert c.tick(at + timedelta(hours=13)) == [] and len(retrained) == 1
