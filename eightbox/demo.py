@@ -135,7 +135,6 @@ def _backfill_and_materialize(settings: Settings, first_day: date, last_day: dat
     """Spark recomputes the daily tables of the simulated day(s) from the lake; Feast loads them online."""
     from eightbox.features.backfill import backfill_days
     from eightbox.features.nightly import DAILY_VIEWS, materialize_daily
-    from eightbox.features.repo.definitions import STREAMING_TABLES
 
     t = time.monotonic()
     print(f"  Spark backfill ({settings.spark_master}) of {first_day}"
@@ -146,7 +145,7 @@ def _backfill_and_materialize(settings: Settings, first_day: date, last_day: dat
     for table, rows in counts.items():
         print(f"    {table:<22} {rows:>8} rows")
     print(f"  offline history: {settings.features_dir}")
-    for table in STREAMING_TABLES:
+    for table in ("item_session", "user_category_session", "user_recent"):
         files = list((settings.features_dir / table).glob("dt=*/push+*.parquet"))
         print(f"    {table:<22} {len(files):>8} files from the streaming pusher")
     t = time.monotonic()

@@ -37,7 +37,7 @@ class WindowedCount:
             raise ValueError(f"{self.name}: size must be a whole number of slides")
 
 
-MINUTE, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+MINUTE, DAY = timedelta(minutes=1), timedelta(days=1)
 
 # Streaming (session-level) features: Flink computes them live, Spark recomputes them from the lake.
 STREAMING = (
@@ -46,11 +46,6 @@ STREAMING = (
     WindowedCount("item_clicks_15m", ("item_id",), ("item_clicked",), 15 * MINUTE, MINUTE, "item_session"),
     WindowedCount("item_impressions_15m", ("item_id",), ("impression_served",), 15 * MINUTE, MINUTE,
                   "item_session"),
-    # An item's last day, refreshed hourly: what is known of an item published since the nightly
-    # batch (whose daily counts start only the next night) within an hour of its first impressions.
-    WindowedCount("item_impressions_24h", ("item_id",), ("impression_served",), DAY, HOUR, "item_hourly"),
-    WindowedCount("item_clicks_24h", ("item_id",), ("item_clicked",), DAY, HOUR, "item_hourly"),
-    WindowedCount("item_engagements_24h", ("item_id",), ("item_engaged",), DAY, HOUR, "item_hourly"),
 )
 
 def current_for(table: str) -> timedelta | None:
@@ -99,7 +94,6 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "creator_daily": ("creator_id",),
     "user_category_session": ("user_id", "category"),
     "item_session": ("item_id",),
-    "item_hourly": ("item_id",),
     "user_recent": ("user_id",),  # last_engaged_items: list of item ids, newest first
 }
 TIMESTAMP = "event_timestamp"  # feature-table time column: when the value became known

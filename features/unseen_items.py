@@ -19,7 +19,7 @@ import pandas as pd
 
 from eightbox.features import specs
 
-ZERO_FOR_UNSEEN_ITEMS = frozenset({"ranker_v2", "ranker_v3"})
+ZERO_FOR_UNSEEN_ITEMS = frozenset({"ranker_v2"})
 """Feature services that read a published, never-counted item as zero counts (`fill_unseen_items`).
 `ranker_v1` models were trained on the NaNs, so they keep getting them."""
 

@@ -49,7 +49,7 @@ class TrainConfig:
     label_delay: timedelta = timedelta(hours=2)  # impressions younger than this are not labelled yet
     attribution_window: timedelta = timedelta(hours=1)  # a click later than this after the impression is not its label
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # of the time span: train / valid / test
-    feature_service: str = "ranker_v3"  # features/repo/definitions.py
+    feature_service: str = "ranker_v2"  # features/repo/definitions.py
     tower_epochs: int = 8
     tower_min_steps: int = 50  # optimizer steps at least, on a small window (more epochs; see TwoTower.fit)
     tower_dim: int = 32

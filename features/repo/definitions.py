@@ -30,7 +30,7 @@ from feast.types import Array, Float64, Int64, String
 from eightbox.features import specs
 from eightbox.settings import Settings, get_settings
 
-STREAMING_TABLES = ("user_category_session", "item_session", "item_hourly", "user_recent")
+STREAMING_TABLES = ("user_category_session", "item_session", "user_recent")
 """Tables the Flink job also updates live, through a PushSource named `push_source_name(table)`."""
 
 ENTITY_OF_KEY = {"user_id": "user", "item_id": "item", "creator_id": "creator", "category": "category"}
@@ -43,9 +43,6 @@ FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
     # rather than missing (features/unseen_items.py): the ranker's service since that change
     "ranker_v2": ("user_daily", "user_category_daily", "item_daily", "creator_daily",
                   "user_category_session", "item_session"),
-    # ranker_v2, plus the item's counts over its last day from the stream (refreshed hourly)
-    "ranker_v3": ("user_daily", "user_category_daily", "item_daily", "creator_daily",
-                  "user_category_session", "item_session", "item_hourly"),
     # the user's recent history (retrieval's query side)
     "user_history_v1": ("user_recent",),
 }

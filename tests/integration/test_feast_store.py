@@ -283,7 +283,7 @@ def test_apply_is_idempotent_and_the_yaml_stays_inside_home(settings):
         assert sorted(fv.join_keys) == sorted(specs.TABLE_KEYS[table])
     assert {s.name for s in store.list_feature_services()} == set(FEATURE_SERVICES) >= set(SERVICES)
     assert {s.name for s in store.list_data_sources() if type(s).__name__ == "PushSource"} == {
-        "user_category_session_push", "item_session_push", "item_hourly_push", "user_recent_push"}
+        "user_category_session_push", "item_session_push", "user_recent_push"}
 
     text = (settings.feast_dir / "feature_store.yaml").read_text()
     paths = re.findall(r"(?<![\w:/])/[^\s\"',]+", text)

@@ -102,7 +102,7 @@ def test_a_first_training_run_on_a_fresh_lake_is_registered_gated_and_becomes_ch
 
     data = load_dataset(result.dataset)
     manifest = data.manifest
-    assert manifest["source"] == "point_in_time" and manifest["feature_service"] == "ranker_v3"
+    assert manifest["source"] == "point_in_time" and manifest["feature_service"] == "ranker_v2"
     w = {s: {k: pd.Timestamp(v) for k, v in manifest["windows"][s].items()} for s in ("train", "valid", "test")}
     assert w["train"]["end"] <= w["valid"]["start"] < w["valid"]["end"] <= w["test"]["start"]
     assert w["train"]["end"] < w["test"]["start"]
@@ -114,7 +114,7 @@ def test_a_first_training_run_on_a_fresh_lake_is_registered_gated_and_becomes_ch
     assert {"click_auc", "click_ece", "two_tower_recall_at_100", "popularity_recall_at_100"} <= set(run.data.metrics)
     assert run.data.metrics["click_auc"] == result.metrics["click_auc"] > 0.55
     assert run.data.tags["dataset_hash"] == manifest["content_hash"]
-    assert run.data.tags["feature_service"] == "ranker_v3" and run.data.params["source"] == "point_in_time"
+    assert run.data.tags["feature_service"] == "ranker_v2" and run.data.params["source"] == "point_in_time"
     mlflow.set_tracking_uri(world.mlflow_uri)
     lineage = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/lineage/dataset.json"))
     assert lineage["path"] == result.dataset and lineage["windows"] == manifest["windows"]
