@@ -18,10 +18,10 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from eightbox.features.specs import CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, TIMESTAMP
+from eightbox.features.specs import (CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS, TIMESTAMP, TRENDING_PRIOR_CLICKS,
+                                    trending)  # noqa: F401 (trending: the pure reference, re-exported)
 
 AFFINITY_PRIOR_ENGAGEMENTS, AFFINITY_PRIOR_TOTAL = 1.0, 12.0  # ~ one share of 12 categories
-TRENDING_PRIOR_CLICKS = 1.0
 DAY_US = 86_400 * 1_000_000
 
 # What each derived column reads: count features, or raw lake columns as "<event_type>.<column>".
@@ -37,13 +37,9 @@ DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-# --- the pure reference ----------------------------------------------------------------------
+# --- the pure reference (item_trending's, specs.trending, is in specs: serving reads it too) ------
 def affinity(uc_engagements: float, user_engagements: float) -> float:
     return (uc_engagements + AFFINITY_PRIOR_ENGAGEMENTS) / (user_engagements + AFFINITY_PRIOR_TOTAL)
-
-
-def trending(clicks_1d: float, clicks_7d: float) -> float:
-    return (clicks_1d + TRENDING_PRIOR_CLICKS) / (clicks_7d / 7.0 + TRENDING_PRIOR_CLICKS)
 
 
 # --- Spark -----------------------------------------------------------------------------------

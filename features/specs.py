@@ -111,6 +111,14 @@ def smoothed_ctr(clicks: float, impressions: float) -> float:
     return (clicks + CTR_PRIOR_CLICKS) / (impressions + CTR_PRIOR_IMPRESSIONS)
 
 
+TRENDING_PRIOR_CLICKS = 1.0
+
+
+def trending(clicks_1d: float, clicks_7d: float) -> float:
+    """Yesterday's clicks against the 7-day daily average, both shrunk by one click; > 1 means rising."""
+    return (clicks_1d + TRENDING_PRIOR_CLICKS) / (clicks_7d / 7.0 + TRENDING_PRIOR_CLICKS)
+
+
 def window_ends(ts: datetime, size: timedelta, slide: timedelta) -> list[datetime]:
     """Ends of every hopping window that contains `ts` (end - size <= ts < end), oldest first."""
     slide_us = slide // timedelta(microseconds=1)

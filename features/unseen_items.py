@@ -3,9 +3,9 @@
 The daily batch writes an item_daily row only for an item that had events that day, so an item
 published since the last batch, or never shown since, has no row: its features were missing (NaN).
 A missing value is not "unknown" here: as of the last batch the item had no impressions, clicks or
-engagements. Left NaN, XGBoost sent those rows down a default direction learnt from the few of them
-in training, which the popularity-sampled history made look clickable, and a model ranked every
-never-shown item high (docs/loop.md, "The first champion and new items"). So a feature service in
+engagements. Left NaN, XGBoost sent those rows down a default direction learnt per split from the
+few of them in training, and models ranked never-shown items high: one put two thirds of its
+impressions on them (docs/loop.md, "The first champion and new items"). So a feature service in
 `ZERO_FOR_UNSEEN_ITEMS` reads such an item as counted at zero: counts 0, the derived columns of
 zero counts (prior CTR, no trend), and its age from its publication to the scoring time.
 
@@ -28,16 +28,11 @@ AGE = "item_age_days"
 DAY_S = 86_400.0
 
 
-def _trending(clicks_1d: float, clicks_7d: float) -> float:
-    # The same formula as features.derived.trending (which needs Spark to import); a test holds them equal.
-    return (clicks_1d + 1.0) / (clicks_7d / 7.0 + 1.0)
-
-
 def unseen_item_values() -> dict[str, float]:
     """item_daily's columns for an item with no events, except its age (which depends on the time)."""
     counts = {s.name: 0.0 for s in specs.DAILY if s.table == ITEM_TABLE}
     derived = {"item_ctr_1d": specs.smoothed_ctr(0, 0), "item_ctr_7d": specs.smoothed_ctr(0, 0),
-               "item_popularity_7d": 0.0, "item_trending": _trending(0, 0)}
+               "item_popularity_7d": 0.0, "item_trending": specs.trending(0, 0)}
     return {**counts, **derived}
 
 
