@@ -179,30 +179,6 @@ def test_shown_items_carry_the_exact_vector_the_ranker_scored_and_calibrated_sco
         assert c.score == pytest.approx(c.p_click + 2 * c.p_engaged)
 
 
-def test_a_ranker_v2_model_scores_never_counted_items_as_zero_counts_aged_from_publication():
-    """FakeFeatures gives odd items no item_impressions_7d: for ranker_v2 they are published items
-    not yet counted, so they are scored (and logged) with 0 impressions and their age at the request."""
-    at = T0 + timedelta(days=2)
-    ranker = FakeRanker()
-    feats = ("quality", "item_impressions_7d", "item_age_days")
-    f = funnel(models(ranker=ranker, features=feats, feature_service="ranker_v2"))
-    rec = asyncio.run(f.recommend("u1", 10, context={"request_time": at}, request_id="r1"))
-    seen = ranker.seen[0]
-    assert seen["item_impressions_7d"].notna().all() and seen["item_age_days"].notna().any()
-    for c in rec.items:
-        number = int(c.item_id[1:])
-        if number % 2:  # never counted: zero, and aged from its publication at T0 + number minutes
-            assert c.features["item_impressions_7d"] == 0.0
-            assert c.features["item_age_days"] == pytest.approx(2 - number / 1440)
-        else:  # counted: what the store said, and (FakeFeatures has none) no age made up
-            assert c.features["item_impressions_7d"] == 500 and np.isnan(c.features["item_age_days"])
-    # A ranker_v1 model keeps the NaNs it was trained on.
-    ranker_v1 = FakeRanker()
-    asyncio.run(funnel(models(ranker=ranker_v1, features=feats, feature_service="ranker_v1"))
-                .recommend("u1", 10, context={"request_time": at}, request_id="r2"))
-    assert ranker_v1.seen[0]["item_impressions_7d"].isna().any()
-
-
 # --- the ladder -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case, stage, status", [

@@ -3,6 +3,7 @@ the values, which rows get them, and the age both training and serving take from
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -14,6 +15,8 @@ from eightbox.features.derived import trending
 from eightbox.features.unseen_items import age_days, epoch_ns, fill_unseen_items, unseen_item_values
 from eightbox.training.covisitation import ItemCatalog
 from eightbox.training.interactions import items_from_events
+
+from .test_funnel import T0 as FUNNEL_T0, FakeRanker, funnel, models
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
 NS_PER_DAY = 86_400e9
@@ -63,3 +66,27 @@ def test_the_catalog_ages_an_item_from_its_first_publication_not_its_latest_vers
     assert catalog.info("a") == ("c", "y")  # the latest version's attributes
     first = catalog.published_ns(["a", "b", "unknown"])
     assert first[0] == epoch_ns(pd.Series([T0]))[0] and first[1] == first[0] + NS_PER_DAY and np.isnan(first[2])
+
+
+def test_a_ranker_v2_model_scores_never_counted_items_as_zero_counts_aged_from_publication():
+    """FakeFeatures gives odd items no item_impressions_7d: for ranker_v2 they are published items
+    not yet counted, so they are scored (and logged) with 0 impressions and their age at the request."""
+    at = FUNNEL_T0 + timedelta(days=2)
+    ranker = FakeRanker()
+    feats = ("quality", "item_impressions_7d", "item_age_days")
+    f = funnel(models(ranker=ranker, features=feats, feature_service="ranker_v2"))
+    rec = asyncio.run(f.recommend("u1", 10, context={"request_time": at}, request_id="r1"))
+    seen = ranker.seen[0]
+    assert seen["item_impressions_7d"].notna().all() and seen["item_age_days"].notna().any()
+    for c in rec.items:
+        number = int(c.item_id[1:])
+        if number % 2:  # never counted: zero, and aged from its publication at FUNNEL_T0 + number minutes
+            assert c.features["item_impressions_7d"] == 0.0
+            assert c.features["item_age_days"] == pytest.approx(2 - number / 1440)
+        else:  # counted: what the store said, and (FakeFeatures has none) no age made up
+            assert c.features["item_impressions_7d"] == 500 and np.isnan(c.features["item_age_days"])
+    # A ranker_v1 model keeps the NaNs it was trained on.
+    ranker_v1 = FakeRanker()
+    asyncio.run(funnel(models(ranker=ranker_v1, features=feats, feature_service="ranker_v1"))
+                .recommend("u1", 10, context={"request_time": at}, request_id="r2"))
+    assert ranker_v1.seen[0]["item_impressions_7d"].isna().any()
